@@ -1,0 +1,68 @@
+"""Shared pieces of the component modules: reprs, per-element randomness, nested specs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .import_helpers import import_path
+
+
+class Component:
+    """Base for components: the repr lists every public constructor argument."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class PerElementRandom(Component):
+    """A component that draws random numbers for each batch element from that element's own
+    generator, so that element ``b`` of a batched run sees exactly the numbers a single run
+    with the same seed sees. The engine calls :meth:`reseed` with one seed per element before
+    the first step; used on its own, the component seeds itself from torch's global generator.
+    """
+
+    _seeds: list[int] | None = None
+    _generators: list[torch.Generator] | None = None
+
+    def reseed(self, seeds: Sequence[int]) -> None:
+        self._seeds = [int(s) for s in seeds]
+        self._generators = [torch.Generator().manual_seed(s) for s in self._seeds]
+
+    def _generators_for(self, batch_size: int) -> list[torch.Generator]:
+        if self._generators is None or len(self._generators) != batch_size:
+            seeds = torch.randint(0, 2**62, (batch_size,)).tolist()
+            self.reseed(seeds)
+        return self._generators
+
+    def _draw_ints(self, batch_size: int, low: int, high: int) -> list[int]:
+        """One integer in ``[low, high]`` per element."""
+        return [
+            int(torch.randint(low, high + 1, (1,), generator=g))
+            for g in self._generators_for(batch_size)
+        ]
+
+
+def build(spec: Any) -> Any:
+    """A component from an object or a config entry ``{"path": ..., "kwargs": {...}}``."""
+    if isinstance(spec, dict):
+        if "path" not in spec:
+            raise ValueError(f"a component entry needs a 'path', got {spec!r}")
+        return import_path(spec["path"], spec.get("kwargs"))
+    if not callable(spec):
+        raise TypeError(f"expected a component or a {{'path': ...}} entry, got {spec!r}")
+    return spec
+
+
+def per_element(x: Tensor) -> Tensor:
+    """View ``x`` as ``(B, -1)``."""
+    return x.reshape(len(x), -1)
+
+
+def expand_like(values: Tensor, x: Tensor) -> Tensor:
+    """Reshape per-element ``values`` of shape ``(B,)`` to broadcast against ``x``."""
+    return values.reshape(len(x), *([1] * (x.dim() - 1)))

@@ -1,0 +1,193 @@
+"""The values an optimization step produces: :class:`State` (one MEI, one step) and :class:`Input`.
+
+A step optimizes a whole batch of MEIs; the engine hands every stopper and tracker one
+:class:`State` per batch element. States are *lazy*: they keep the step's tensors on the device
+and copy to the CPU only the attributes somebody reads, so a stopper that looks only at
+``i_iter`` never forces a device synchronization.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+_FIELDS = (
+    "i_iter",
+    "evaluation",
+    "reg_term",
+    "input_",
+    "transformed_input",
+    "post_processed_input",
+    "grad",
+    "preconditioned_grad",
+    "stopper_output",
+)
+
+
+@dataclass(eq=False)
+class StepRecord:
+    """Device-side record of one step of a batch; shared by the batch's lazy States.
+
+    Tensor attributes have the batch as first dimension; ``reg_term`` is ``None`` without
+    regularization. CPU copies are made once per attribute and step, on first use.
+    """
+
+    i_iter: int
+    evaluation: Tensor
+    reg_term: Tensor | None
+    input_: Tensor
+    transformed_input: Tensor
+    post_processed_input: Tensor
+    grad: Tensor
+    preconditioned_grad: Tensor
+
+    def __post_init__(self) -> None:
+        self._cpu: dict[str, Tensor] = {}
+
+    def cpu(self, name: str) -> Tensor:
+        """The whole batch's ``name`` on the CPU (one transfer, cached)."""
+        if name not in self._cpu:
+            self._cpu[name] = getattr(self, name).detach().to("cpu")
+        return self._cpu[name]
+
+    def element(self, name: str, index: int) -> Any:
+        """Element ``index`` of ``name`` as the original library gave it: floats for scalars,
+        CPU tensors with a batch dimension of one for inputs and gradients."""
+        if name == "reg_term" and self.reg_term is None:
+            return 0.0
+        values = self.cpu(name)
+        if name in ("evaluation", "reg_term"):
+            return float(values.reshape(-1)[index] if values.dim() else values)
+        return values[index : index + 1].clone()
+
+
+class State:
+    """What one MEI looked like after one optimization step.
+
+    Attributes (the original library's contract): ``i_iter`` (0-based step index),
+    ``evaluation`` (float, the model's response to the transformed input before the step),
+    ``reg_term`` (float, 0.0 without regularization), ``input_`` (the input before the step),
+    ``transformed_input``, ``post_processed_input`` (the input after the step), ``grad`` (the
+    gradient of ``evaluation - reg_term``), ``preconditioned_grad`` and ``stopper_output``.
+    Tensors are CPU tensors with a batch dimension of one.
+    """
+
+    __slots__ = ("_values", "_record", "_index")
+
+    def __init__(
+        self,
+        i_iter: int,
+        evaluation: float,
+        reg_term: float,
+        input_: Tensor,
+        transformed_input: Tensor,
+        post_processed_input: Tensor,
+        grad: Tensor,
+        preconditioned_grad: Tensor,
+        stopper_output: Any = None,
+    ):
+        self._record = None
+        self._index = 0
+        self._values = dict(
+            i_iter=i_iter,
+            evaluation=evaluation,
+            reg_term=reg_term,
+            input_=input_,
+            transformed_input=transformed_input,
+            post_processed_input=post_processed_input,
+            grad=grad,
+            preconditioned_grad=preconditioned_grad,
+            stopper_output=stopper_output,
+        )
+
+    @classmethod
+    def from_record(cls, record: StepRecord, index: int) -> State:
+        """A lazy State for batch element ``index`` of ``record``."""
+        state = cls.__new__(cls)
+        state._record = record
+        state._index = index
+        state._values = {"i_iter": record.i_iter, "stopper_output": None}
+        return state
+
+    def _get(self, name: str) -> Any:
+        values = self._values
+        if name not in values:
+            values[name] = self._record.element(name, self._index)
+        return values[name]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _FIELDS:
+            return self._get(name)
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FIELDS:
+            self._values[name] = value
+        elif name in State.__slots__:
+            object.__setattr__(self, name, value)
+        else:
+            raise AttributeError(f"State has no attribute {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """All attributes, materialized."""
+        return {name: self._get(name) for name in _FIELDS}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, State):
+            return NotImplemented
+        mine, theirs = self.to_dict(), other.to_dict()
+        for name in _FIELDS:
+            a, b = mine[name], theirs[name]
+            if isinstance(a, Tensor) or isinstance(b, Tensor):
+                if not (isinstance(a, Tensor) and isinstance(b, Tensor) and torch.equal(a, b)):
+                    return False
+            elif a != b:
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        lazy = "" if self._record is None else f", element={self._index}"
+        return f"State(i_iter={self._values['i_iter']}{lazy})"
+
+
+class Input:
+    """A tensor being optimized (the original library's wrapper), kept for user code."""
+
+    def __init__(self, tensor: Tensor):
+        tensor.requires_grad_()
+        self.tensor = tensor
+
+    @property
+    def gradient(self) -> Tensor | None:
+        return self.tensor.grad
+
+    @gradient.setter
+    def gradient(self, value: Tensor) -> None:
+        self.tensor.grad = value
+
+    @property
+    def data(self) -> Tensor:
+        return self.tensor.data
+
+    @data.setter
+    def data(self, value: Tensor) -> None:
+        self.tensor.data = value
+
+    @property
+    def cloned_grad(self) -> Tensor:
+        return self.tensor.grad.detach().cpu().clone()
+
+    @property
+    def cloned_data(self) -> Tensor:
+        return self.tensor.detach().cpu().clone()
+
+    def extract(self) -> Tensor:
+        return self.tensor.detach().cpu().squeeze()
+
+    def __repr__(self) -> str:
+        return f"Input({self.tensor!r})"

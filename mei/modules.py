@@ -1,0 +1,91 @@
+"""Model wrappers: select one output unit, average an ensemble, select one unit per element."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+class ConstrainedOutputModel(nn.Module):
+    """The response of one output unit: ``target_fn(model(x, **forward_kwargs)[:, constraint])``.
+
+    ``constraint`` indexes the model's second dimension (an int, a slice or a list of units).
+    ``forward_kwargs`` are passed to every call and never changed by one; keyword arguments
+    given at call time are added to a copy.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        constraint: Any,
+        target_fn: Callable[[Tensor], Tensor] | None = None,
+        forward_kwargs: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.constraint = constraint
+        self.target_fn = target_fn if target_fn is not None else _identity
+        self.forward_kwargs = dict(forward_kwargs) if forward_kwargs else {}
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        merged = {**self.forward_kwargs, **kwargs}
+        return self.target_fn(self.model(x, *args, **merged)[:, self.constraint])
+
+    def extra_repr(self) -> str:
+        target = "" if self.target_fn is _identity else f", target_fn={self.target_fn!r}"
+        return f"constraint={self.constraint!r}{target}, forward_kwargs={self.forward_kwargs!r}"
+
+
+class EnsembleModel(nn.Module):
+    """Averages the outputs of its members (all called with the same arguments)."""
+
+    def __init__(self, *members: nn.Module):
+        super().__init__()
+        if not members:
+            raise ValueError("EnsembleModel needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        outputs = [member(x, *args, **kwargs) for member in self.members]
+        return torch.stack(outputs, dim=0).mean(dim=0)
+
+
+class UnitPerElement(nn.Module):
+    """Element ``b`` of the batch gets unit ``units[b]``: ``model(x)[b, units[b]]``, ``(B,)``.
+
+    This is how a batched run gives every MEI its own neuron. ``target_fn`` (applied to the
+    selected responses, elementwise) and ``forward_kwargs`` are as in
+    :class:`ConstrainedOutputModel`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        units: Sequence[int],
+        target_fn: Callable[[Tensor], Tensor] | None = None,
+        forward_kwargs: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.units = [int(u) for u in units]
+        self.target_fn = target_fn if target_fn is not None else _identity
+        self.forward_kwargs = dict(forward_kwargs) if forward_kwargs else {}
+        self.register_buffer("_units", torch.tensor(self.units), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if len(x) != len(self.units):
+            raise ValueError(f"expected a batch of {len(self.units)} inputs, got {len(x)}")
+        output = self.model(x, **self.forward_kwargs)
+        units = self._units.to(output.device)
+        selected = output[torch.arange(len(x), device=output.device), units]
+        return self.target_fn(selected)
+
+    def extra_repr(self) -> str:
+        return f"units={self.units!r}"

@@ -1,0 +1,69 @@
+"""Objectives: quantities *tracked* during optimization (not the maximized quantity).
+
+The maximized quantity is always the model's evaluation minus the regularization term. An
+objective looks at a :class:`~mei.domain.State` and returns a value to record, or ``None`` for
+"nothing at this step". The :class:`~mei.tracking.Tracker` logs the values per objective.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from .domain import State
+
+
+class Objective(ABC):
+    """Base class: ``__call__(current_state) -> value or None``."""
+
+    @abstractmethod
+    def __call__(self, current_state: State) -> Any: ...
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class RegularIntervalObjective(Objective):
+    """Records ``compute(state)`` every ``interval`` steps (at steps 0, interval, 2*interval...)."""
+
+    def __init__(self, interval: int):
+        if int(interval) != interval or interval < 1:
+            raise ValueError(f"interval must be a positive integer, got {interval!r}")
+        self.interval = int(interval)
+
+    def __call__(self, current_state: State) -> Any:
+        if current_state.i_iter % self.interval == 0:
+            return self.compute(current_state)
+        return None
+
+    @abstractmethod
+    def compute(self, current_state: State) -> Any: ...
+
+
+class EvaluationObjective(RegularIntervalObjective):
+    """The model's evaluation (a float)."""
+
+    def compute(self, current_state: State) -> float:
+        return current_state.evaluation
+
+
+class RegularizationObjective(RegularIntervalObjective):
+    """The regularization term (a float)."""
+
+    def compute(self, current_state: State) -> float:
+        return current_state.reg_term
+
+
+class PostProcessedInputObjective(RegularIntervalObjective):
+    """The input after the step (a CPU tensor)."""
+
+    def compute(self, current_state: State) -> Any:
+        return current_state.post_processed_input
+
+
+class GradientObjective(RegularIntervalObjective):
+    """The gradient before preconditioning (a CPU tensor)."""
+
+    def compute(self, current_state: State) -> Any:
+        return current_state.grad

@@ -1,0 +1,260 @@
+"""The optimization itself: :class:`MEI` performs one step for a batch, :func:`optimize` loops.
+
+One step, for every element of the batch at once::
+
+    transform -> model -> evaluation - regularization -> backward -> precondition(grad)
+    -> optimizer.step -> postprocess (no grad) -> stopper(state) -> tracker(state)
+
+Exactly one forward and one backward pass per step. Nothing is copied to the host unless a
+stopper or objective reads it (see :class:`~mei.domain.State`); a non-finite evaluation is
+detected on the device and reported every ``check_every`` steps and at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .domain import Input, State, StepRecord
+from .errors import ComponentError, ModelError, NonFiniteError
+from .tracking import Tracker
+from .transforms import final_transform
+
+
+class MEI:
+    """One optimization step for a batch of inputs.
+
+    ``func`` maps the transformed batch ``(B, ...)`` to one response per element (``(B,)`` or
+    ``(B, 1)``); ``initial`` is the tensor being optimized (or an :class:`~mei.domain.Input`)
+    and ``optimizer`` an optimizer over it. The other components are optional (see
+    :mod:`mei.typing`).
+    """
+
+    def __init__(
+        self,
+        func: Callable[[Tensor], Tensor],
+        initial: Tensor | Input,
+        optimizer: Any,
+        transform: Callable | None = None,
+        regularization: Callable | None = None,
+        precondition: Callable | None = None,
+        postprocessing: Callable | None = None,
+    ):
+        self.func = func
+        self._input = initial.tensor if isinstance(initial, Input) else initial
+        if not self._input.requires_grad:
+            raise ValueError("the input being optimized must require grad")
+        self.optimizer = optimizer
+        self.transform = transform
+        self.regularization = regularization
+        self.precondition = precondition
+        self.postprocessing = postprocessing
+        self.i_iter = 0
+        self._frozen: Tensor | None = None  # (B,) bool: elements that stopped
+        self._frozen_values: Tensor | None = None
+        self._nonfinite = torch.zeros(len(self._input), dtype=torch.bool, device=self._input.device)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self._input)
+
+    @property
+    def current_input(self) -> Tensor:
+        """The current inputs, detached, on the device."""
+        return self._input.detach()
+
+    def _evaluate(self, transformed: Tensor) -> Tensor:
+        output = self.func(transformed)
+        batch = self.batch_size
+        if not isinstance(output, Tensor):
+            raise ModelError(f"the model returned a {type(output).__name__}, not a tensor")
+        if output.shape not in ((batch,), (batch, 1)):
+            raise ModelError(
+                f"the model must return one value per input, shape ({batch},) or ({batch}, 1), "
+                f"got {tuple(output.shape)}; select a unit, e.g. with "
+                "mei.modules.ConstrainedOutputModel(model, unit)"
+            )
+        if not output.requires_grad:
+            raise ModelError(
+                "the model's output does not depend on its input (no gradient flows back); "
+                "check that the model does not detach or replace its input"
+            )
+        return output.reshape(batch)
+
+    def _regularize(self, transformed: Tensor) -> Tensor | None:
+        if self.regularization is None:
+            return None
+        term = self.regularization(transformed, self.i_iter)
+        if not isinstance(term, Tensor):
+            term = torch.as_tensor(term, dtype=transformed.dtype, device=transformed.device)
+        if term.dim() == 0 and self.batch_size == 1:
+            return term.reshape(1)
+        if term.shape != (self.batch_size,):
+            raise ComponentError(
+                f"regularization must return one value per batch element, shape "
+                f"({self.batch_size},), got {tuple(term.shape)}"
+            )
+        return term
+
+    def step(self) -> StepRecord:
+        """Perform one step for the whole batch and return its record."""
+        x = self._input
+        i = self.i_iter
+        input_before = x.detach().clone()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        transformed = self.transform(x, i) if self.transform is not None else x
+        if not isinstance(transformed, Tensor):
+            raise ComponentError(f"transform returned a {type(transformed).__name__}, not a tensor")
+        evaluation = self._evaluate(transformed)
+        reg_term = self._regularize(transformed)
+        objective = evaluation if reg_term is None else evaluation - reg_term
+        (-objective.sum()).backward()
+
+        grad = x.grad
+        if grad is None:
+            raise ModelError("the model's output does not depend on its input (no gradient)")
+        preconditioned = grad
+        if self.precondition is not None:
+            preconditioned = self.precondition(grad, i)
+            if not isinstance(preconditioned, Tensor) or preconditioned.shape != grad.shape:
+                raise ComponentError(
+                    f"precondition must return a tensor of the gradient's shape "
+                    f"{tuple(grad.shape)}, got {_describe(preconditioned)}"
+                )
+            x.grad = preconditioned
+        self.optimizer.step()
+
+        with torch.no_grad():
+            if self.postprocessing is not None:
+                processed = self.postprocessing(x.detach(), i)
+                if not isinstance(processed, Tensor) or processed.shape != x.shape:
+                    raise ComponentError(
+                        f"postprocessing must return a tensor of the input's shape "
+                        f"{tuple(x.shape)}, got {_describe(processed)}"
+                    )
+                x.copy_(processed)
+            if self._frozen is not None:
+                x.copy_(torch.where(self._frozen, self._frozen_values, x))
+            evaluation = evaluation.detach()
+            self._nonfinite |= ~torch.isfinite(evaluation)
+
+        transformed = transformed.detach()
+        if transformed.data_ptr() == x.data_ptr():  # identity transform: x changed since
+            transformed = input_before
+        self.i_iter += 1
+        return StepRecord(
+            i_iter=i,
+            evaluation=evaluation,
+            reg_term=None if reg_term is None else reg_term.detach(),
+            input_=input_before,
+            transformed_input=transformed,
+            post_processed_input=x.detach().clone(),
+            grad=grad.detach(),
+            preconditioned_grad=preconditioned.detach(),
+        )
+
+    def freeze(self, indices: Sequence[int]) -> None:
+        """Keep the inputs of elements ``indices`` as they are from now on (they stopped)."""
+        x = self._input.detach()
+        if self._frozen is None:
+            mask_shape = (len(x),) + (1,) * (x.dim() - 1)
+            self._frozen = torch.zeros(mask_shape, dtype=torch.bool, device=x.device)
+            self._frozen_values = x.clone()
+        index = torch.as_tensor(list(indices), dtype=torch.long, device=x.device)
+        self._frozen[index] = True
+        self._frozen_values[index] = x[index]
+
+    def check_finite(self) -> None:
+        """Raise :class:`~mei.errors.NonFiniteError` if any evaluation so far was NaN or inf."""
+        if bool(self._nonfinite.any()):
+            bad = self._nonfinite.nonzero().flatten().tolist()
+            raise NonFiniteError(
+                f"the evaluation became NaN or infinite (batch element(s) {bad}, by step "
+                f"{self.i_iter - 1}); lower the learning rate or constrain the input"
+            )
+
+    @torch.no_grad()
+    def evaluate(self) -> Tensor:
+        """The model's response to the current inputs, seen through the deterministic version
+        of the transform, ``(B,)``: the score of the MEIs as they are now."""
+        x = self._input.detach()
+        if self.transform is not None:
+            x = final_transform(self.transform, x, self.i_iter)
+        return self.func(x).reshape(self.batch_size)
+
+    def __repr__(self) -> str:
+        parts = [
+            f"func={self.func!r}",
+            f"optimizer={type(self.optimizer).__name__}",
+            f"transform={self.transform!r}",
+            f"regularization={self.regularization!r}",
+            f"precondition={self.precondition!r}",
+            f"postprocessing={self.postprocessing!r}",
+        ]
+        return f"MEI({', '.join(parts)})"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def optimize(
+    mei: MEI,
+    stopper: Any,
+    tracker: Tracker | Sequence[Tracker],
+    *,
+    check_every: int = 25,
+    progress: Any = None,
+) -> tuple[Any, Tensor]:
+    """Step ``mei`` until its stoppers say stop; return ``(score, input)``.
+
+    With one stopper and tracker (a batch of one) the result is ``(float, Tensor (1, ...))``.
+    With a list of stoppers and trackers (one per batch element) each element runs until its
+    own stopper stops it, after which its input stays fixed; the result is
+    ``(list of floats, Tensor (B, ...))``. Scores are the model's evaluation of the returned
+    inputs. ``progress`` is an object with ``update(n)`` (e.g. a tqdm bar), called per step.
+    """
+    single = not isinstance(stopper, (list, tuple))
+    stoppers = [stopper] if single else list(stopper)
+    trackers = [tracker] if single else list(tracker)
+    if len(stoppers) != mei.batch_size or len(trackers) != mei.batch_size:
+        raise ValueError(
+            f"need one stopper and one tracker per batch element ({mei.batch_size}), got "
+            f"{len(stoppers)} and {len(trackers)}"
+        )
+    active = list(range(mei.batch_size))
+    while active:
+        record = mei.step()
+        stopped = []
+        for b in active:
+            state = State.from_record(record, b)
+            result = stoppers[b](state)
+            if not (isinstance(result, tuple) and len(result) == 2):
+                raise ComponentError(
+                    f"a stopper must return (stop, output), {stoppers[b]!r} returned {result!r}"
+                )
+            stop, state.stopper_output = result
+            trackers[b].track(state)
+            if stop:
+                stopped.append(b)
+        if stopped:
+            active = [b for b in active if b not in stopped]
+            if active:
+                mei.freeze(stopped)
+        if progress is not None:
+            progress.update(1)
+        if record.i_iter % check_every == check_every - 1:
+            mei.check_finite()
+    mei.check_finite()
+    scores = mei.evaluate()
+    if not bool(torch.isfinite(scores).all()):
+        raise NonFiniteError(f"the final evaluation is not finite: {scores.tolist()}")
+    values = [float(s) for s in scores.cpu()]
+    inputs = mei.current_input
+    return (values[0], inputs) if single else (values, inputs)

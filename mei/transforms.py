@@ -1,0 +1,158 @@
+"""Transforms: what the model sees of the input, ``transform(x, i_iteration) -> Tensor``.
+
+Transforms are differentiable and act on batches ``(B, C, H, W)``; random ones (Jitter,
+RandomCrop) draw each element's randomness from that element's own seeded generator. A
+transform may define ``final(x, i_iteration)``, the deterministic version used to score the finished MEI
+(Jitter: no shift; RandomCrop: the center crop).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._components import Component, PerElementRandom, build
+
+
+def _pair(value: Any, name: str) -> tuple[int, int]:
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(values) != 2 or any(int(v) != v or v < 0 for v in values):
+        raise ValueError(f"{name} must be a non-negative int or a pair of them, got {value!r}")
+    return int(values[0]), int(values[1])
+
+
+def final_transform(transform: Any, x: Tensor, i_iteration: int) -> Tensor:
+    """Apply ``transform`` deterministically: its ``final`` if it has one, else itself."""
+    final = getattr(transform, "final", None)
+    return final(x, i_iteration) if final is not None else transform(x, i_iteration)
+
+
+class Identity(Component):
+    """Returns the input as it is."""
+
+    def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
+        return x
+
+
+def jitter(x: Tensor, shift_y: int, shift_x: int) -> Tensor:
+    """Shift one image ``(C, H, W)`` or batch by ``(shift_y, shift_x)`` pixels, filling the
+    uncovered border by reflection (the original library's Jitter)."""
+    h, w = x.shape[-2:]
+    pad_y = (shift_y, 0) if shift_y >= 0 else (0, -shift_y)
+    pad_x = (shift_x, 0) if shift_x >= 0 else (0, -shift_x)
+    padded = F.pad(x.unsqueeze(0) if x.dim() == 3 else x, (*pad_x, *pad_y), mode="reflect")
+    padded = padded.squeeze(0) if x.dim() == 3 else padded
+    ys = slice(0, h) if shift_y > 0 else slice(-shift_y, None)
+    xs = slice(0, w) if shift_x > 0 else slice(-shift_x, None)
+    return padded[..., ys, xs]
+
+
+class Jitter(PerElementRandom):
+    """Shift each image by a random offset of up to ``max_jitter`` pixels (int or (y, x))."""
+
+    def __init__(self, max_jitter: int | tuple[int, int]):
+        self.max_jitter = _pair(max_jitter, "max_jitter")
+
+    def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
+        my, mx = self.max_jitter
+        ys = self._draw_ints(len(x), -my, my)
+        xs = self._draw_ints(len(x), -mx, mx)
+        return torch.stack([jitter(x[b], ys[b], xs[b]) for b in range(len(x))])
+
+    def final(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
+        return x
+
+
+class RandomCrop(PerElementRandom):
+    """Take a random ``height x width`` crop of each image."""
+
+    def __init__(self, height: int, width: int):
+        self.height, self.width = _pair((height, width), "height/width")
+
+    def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
+        h, w = x.shape[-2:]
+        if h < self.height or w < self.width:
+            raise ValueError(f"cannot crop {self.height}x{self.width} from an {h}x{w} input")
+        tops = self._draw_ints(len(x), 0, h - self.height)
+        lefts = self._draw_ints(len(x), 0, w - self.width)
+        return torch.stack(
+            [
+                x[b, ..., t : t + self.height, s : s + self.width]
+                for b, (t, s) in enumerate(zip(tops, lefts, strict=True))
+            ]
+        )
+
+    def final(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
+        h, w = x.shape[-2:]
+        t, s = (h - self.height) // 2, (w - self.width) // 2
+        return x[..., t : t + self.height, s : s + self.width]
+
+
+class Resize(Component):
+    """Rescale images by ``scale_factor`` (new size = round(scale_factor * old size)).
+
+    ``resize_method``: ``"bilinear"`` (default), ``"nearest"``, ``"bicubic"``, ``"area"``.
+    """
+
+    def __init__(self, scale_factor: float, resize_method: str = "bilinear"):
+        if scale_factor <= 0:
+            raise ValueError(f"scale_factor must be positive, got {scale_factor!r}")
+        if resize_method not in ("bilinear", "nearest", "bicubic", "area"):
+            raise ValueError(
+                "resize_method must be 'bilinear', 'nearest', 'bicubic' or 'area', "
+                f"got {resize_method!r}"
+            )
+        self.scale_factor = scale_factor
+        self.resize_method = resize_method
+
+    def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
+        size = tuple(int(round(s * self.scale_factor)) for s in x.shape[-2:])
+        align = False if self.resize_method in ("bilinear", "bicubic") else None
+        return F.interpolate(x, size=size, mode=self.resize_method, align_corners=align)
+
+
+class GrayscaleToRGB(Component):
+    """Repeat the single channel of ``(B, 1, H, W)`` images three times."""
+
+    def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ValueError(f"GrayscaleToRGB expects (B, 1, H, W), got {tuple(x.shape)}")
+        return x.expand(-1, 3, -1, -1)
+
+
+class ChangeRange(Component):
+    """Squash values into ``(x_min, x_max)``: ``sigmoid(x) * (x_max - x_min) + x_min``."""
+
+    def __init__(self, x_min: float, x_max: float):
+        if not x_max > x_min:
+            raise ValueError(f"x_max must be greater than x_min, got {x_min!r}, {x_max!r}")
+        self.x_min = x_min
+        self.x_max = x_max
+
+    def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
+        return torch.sigmoid(x) * (self.x_max - self.x_min) + self.x_min
+
+
+class Compose(Component):
+    """Apply several transforms in order; each is an object or a ``{"path", "kwargs"}`` entry."""
+
+    def __init__(self, transforms: list):
+        self.transforms = [build(t) for t in transforms]
+
+    def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
+        for transform in self.transforms:
+            x = transform(x, i_iteration)
+        return x
+
+    def reseed(self, seeds) -> None:
+        for transform in self.transforms:
+            if hasattr(transform, "reseed"):
+                transform.reseed(seeds)
+
+    def final(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
+        for transform in self.transforms:
+            x = final_transform(transform, x, i_iteration)
+        return x
