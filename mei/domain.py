@@ -71,7 +71,8 @@ class State:
     ``evaluation`` (float, the model's response to the transformed input before the step),
     ``reg_term`` (float, 0.0 without regularization), ``input_`` (the input before the step),
     ``transformed_input``, ``post_processed_input`` (the input after the step), ``grad`` (the
-    gradient of ``evaluation - reg_term``), ``preconditioned_grad`` and ``stopper_output``.
+    gradient of the minimized loss ``reg_term - evaluation``, as in the original library),
+    ``preconditioned_grad`` and ``stopper_output``.
     Tensors are CPU tensors with a batch dimension of one.
     """
 

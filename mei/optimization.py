@@ -12,6 +12,7 @@ detected on the device and reported every ``check_every`` steps and at the end.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,6 +56,7 @@ class MEI:
         self.i_iter = 0
         self._frozen: Tensor | None = None  # (B,) bool: elements that stopped
         self._frozen_values: Tensor | None = None
+        self._closure_step = _takes_closure(optimizer)
         self._nonfinite = torch.zeros(len(self._input), dtype=torch.bool, device=self._input.device)
 
     @property
@@ -104,29 +106,49 @@ class MEI:
         x = self._input
         i = self.i_iter
         input_before = x.detach().clone()
-        self.optimizer.zero_grad(set_to_none=True)
+        first: dict[str, Any] = {}
 
-        transformed = self.transform(x, i) if self.transform is not None else x
-        if not isinstance(transformed, Tensor):
-            raise ComponentError(f"transform returned a {type(transformed).__name__}, not a tensor")
-        evaluation = self._evaluate(transformed)
-        reg_term = self._regularize(transformed)
-        objective = evaluation if reg_term is None else evaluation - reg_term
-        (-objective.sum()).backward()
-
-        grad = x.grad
-        if grad is None:
-            raise ModelError("the model's output does not depend on its input (no gradient)")
-        preconditioned = grad
-        if self.precondition is not None:
-            preconditioned = self.precondition(grad, i)
-            if not isinstance(preconditioned, Tensor) or preconditioned.shape != grad.shape:
+        def closure() -> Tensor:
+            # Optimizers such as LBFGS evaluate several times per step; the record keeps the
+            # first evaluation, taken at the input before the step.
+            self.optimizer.zero_grad(set_to_none=True)
+            transformed = self.transform(x, i) if self.transform is not None else x
+            if not isinstance(transformed, Tensor):
                 raise ComponentError(
-                    f"precondition must return a tensor of the gradient's shape "
-                    f"{tuple(grad.shape)}, got {_describe(preconditioned)}"
+                    f"transform returned a {type(transformed).__name__}, not a tensor"
                 )
-            x.grad = preconditioned
-        self.optimizer.step()
+            evaluation = self._evaluate(transformed)
+            reg_term = self._regularize(transformed)
+            objective = evaluation if reg_term is None else evaluation - reg_term
+            loss = -objective.sum()
+            loss.backward()
+            grad = x.grad
+            if grad is None:
+                raise ModelError("the model's output does not depend on its input (no gradient)")
+            preconditioned = grad
+            if self.precondition is not None:
+                preconditioned = self.precondition(grad, i)
+                if not isinstance(preconditioned, Tensor) or preconditioned.shape != grad.shape:
+                    raise ComponentError(
+                        f"precondition must return a tensor of the gradient's shape "
+                        f"{tuple(grad.shape)}, got {_describe(preconditioned)}"
+                    )
+                x.grad = preconditioned
+            if not first:
+                first.update(
+                    transformed=transformed.detach(),
+                    evaluation=evaluation.detach(),
+                    reg_term=None if reg_term is None else reg_term.detach(),
+                    grad=grad.detach(),
+                    preconditioned=preconditioned.detach(),
+                )
+            return loss
+
+        if self._closure_step:
+            self.optimizer.step(closure)
+        else:
+            closure()
+            self.optimizer.step()
 
         with torch.no_grad():
             if self.postprocessing is not None:
@@ -139,22 +161,21 @@ class MEI:
                 x.copy_(processed)
             if self._frozen is not None:
                 x.copy_(torch.where(self._frozen, self._frozen_values, x))
-            evaluation = evaluation.detach()
-            self._nonfinite |= ~torch.isfinite(evaluation)
+            self._nonfinite |= ~torch.isfinite(first["evaluation"])
 
-        transformed = transformed.detach()
+        transformed = first["transformed"]
         if transformed.data_ptr() == x.data_ptr():  # identity transform: x changed since
             transformed = input_before
         self.i_iter += 1
         return StepRecord(
             i_iter=i,
-            evaluation=evaluation,
-            reg_term=None if reg_term is None else reg_term.detach(),
+            evaluation=first["evaluation"],
+            reg_term=first["reg_term"],
             input_=input_before,
             transformed_input=transformed,
             post_processed_input=x.detach().clone(),
-            grad=grad.detach(),
-            preconditioned_grad=preconditioned.detach(),
+            grad=first["grad"],
+            preconditioned_grad=first["preconditioned"],
         )
 
     def freeze(self, indices: Sequence[int]) -> None:
@@ -196,6 +217,14 @@ class MEI:
             f"postprocessing={self.postprocessing!r}",
         ]
         return f"MEI({', '.join(parts)})"
+
+
+def _takes_closure(optimizer: Any) -> bool:
+    """Whether ``optimizer.step`` accepts a closure (every ``torch.optim`` optimizer does)."""
+    try:
+        return "closure" in inspect.signature(optimizer.step).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _describe(value: Any) -> str:

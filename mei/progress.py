@@ -8,8 +8,6 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from tqdm.auto import tqdm
-
 
 def progress_enabled(enabled: bool | None = None) -> bool:
     """Show bars? ``enabled`` wins; otherwise only on a terminal and unless ``MEI_QUIET`` is set."""
@@ -26,6 +24,8 @@ def progress_bar(*, enabled: bool | None = None, **kwargs: Any) -> Iterator[Any]
     if not progress_enabled(enabled):
         yield None
         return
+    from tqdm.auto import tqdm  # imported here: importing mei needs only torch
+
     bar = tqdm(**kwargs)
     try:
         yield bar

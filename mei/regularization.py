@@ -99,4 +99,6 @@ class WeightedSum(Component):
         self.weights = [float(w) for w in weights]
 
     def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
-        return sum(w * r(x, i_iteration) for w, r in zip(self.weights, self.regularizations, strict=True))
+        return sum(
+            w * r(x, i_iteration) for w, r in zip(self.weights, self.regularizations, strict=True)
+        )

@@ -54,10 +54,11 @@ class Jitter(PerElementRandom):
     """Shift each image by a random offset of up to ``max_jitter`` pixels (int or (y, x))."""
 
     def __init__(self, max_jitter: int | tuple[int, int]):
-        self.max_jitter = _pair(max_jitter, "max_jitter")
+        self.max_jitter = max_jitter
+        self._max = _pair(max_jitter, "max_jitter")
 
     def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
-        my, mx = self.max_jitter
+        my, mx = self._max
         ys = self._draw_ints(len(x), -my, my)
         xs = self._draw_ints(len(x), -mx, mx)
         return torch.stack([jitter(x[b], ys[b], xs[b]) for b in range(len(x))])
@@ -70,7 +71,8 @@ class RandomCrop(PerElementRandom):
     """Take a random ``height x width`` crop of each image."""
 
     def __init__(self, height: int, width: int):
-        self.height, self.width = _pair((height, width), "height/width")
+        _pair((height, width), "height/width")
+        self.height, self.width = int(height), int(width)
 
     def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
         h, w = x.shape[-2:]

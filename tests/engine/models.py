@@ -1,0 +1,68 @@
+"""Small models with known optima, shared by the engine tests."""
+
+import torch
+from torch import nn
+
+
+class LinearNeurons(nn.Module):
+    """``N`` linear neurons ``w_n . x`` on ``(B, C, H, W)`` inputs; optimum under a fixed norm
+    is ``norm * w_n / |w_n|``."""
+
+    def __init__(self, shape=(1, 8, 8), n=4, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.weight = nn.Parameter(torch.randn(n, *shape, generator=g))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight.flatten(1).T
+
+
+def gabor(size=21, sigma=3.0, theta=0.6, wavelength=7.0, phase=0.0):
+    ys, xs = torch.meshgrid(
+        torch.arange(size) - size // 2, torch.arange(size) - size // 2, indexing="ij"
+    )
+    ys, xs = ys.float(), xs.float()
+    xr = xs * torch.cos(torch.tensor(theta)) + ys * torch.sin(torch.tensor(theta))
+    envelope = torch.exp(-(xs**2 + ys**2) / (2 * sigma**2))
+    return envelope * torch.cos(2 * torch.pi * xr / wavelength + phase)
+
+
+class GaborNeuron(nn.Module):
+    """A simple cell: rectified (softplus) projection onto a Gabor filter."""
+
+    def __init__(self, size=21):
+        super().__init__()
+        self.register_buffer("filter", gabor(size)[None, None])
+
+    def forward(self, x):
+        return nn.functional.softplus((x * self.filter).flatten(1).sum(1, keepdim=True))
+
+
+class SmallConvNet(nn.Module):
+    """A conv core with a readout per neuron: ``(B, 1, H, W) -> (B, N)``."""
+
+    def __init__(self, n=6, channels=8, size=(16, 16), seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.core = nn.Sequential(
+            nn.Conv2d(1, channels, 5, padding=2),
+            nn.ELU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ELU(),
+        )
+        self.readout = nn.Linear(channels * size[0] * size[1], n)
+
+    def forward(self, x):
+        return nn.functional.elu(self.readout(self.core(x).flatten(1))) + 1
+
+
+def base_config(**overrides):
+    config = {
+        "device": "cpu",
+        "initial": {"path": "mei.initial.RandomNormal"},
+        "optimizer": {"path": "torch.optim.SGD", "kwargs": {"lr": 0.1}},
+        "stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 50}},
+        "postprocessing": {"path": "mei.postprocessing.ChangeNorm", "kwargs": {"norm": 3.0}},
+    }
+    config.update(overrides)
+    return config

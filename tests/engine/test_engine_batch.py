@@ -1,0 +1,92 @@
+"""A batch of MEIs gives each MEI exactly what a run of its own gives."""
+
+import pytest
+import torch
+from models import LinearNeurons, SmallConvNet, base_config
+
+from mei.methods import gradient_ascent, gradient_ascent_units
+from mei.modules import ConstrainedOutputModel, UnitPerElement
+
+SHAPE = (1, 1, 16, 16)
+
+
+def _assert_batch_equals_single(model, config, units, seeds):
+    batched = gradient_ascent_units(None, model, config, seeds, units, shape=SHAPE)
+    assert len(batched) == len(units)
+    for (mei, score, output), unit, seed in zip(batched, units, seeds, strict=True):
+        single = gradient_ascent(
+            None, ConstrainedOutputModel(model, unit), config, seed, shape=SHAPE
+        )
+        assert (mei - single[0]).abs().max().item() <= 1e-5
+        assert abs(score - single[1]) <= 1e-4 * max(1.0, abs(score))
+        assert output.keys() == single[2].keys()
+        for key in output:
+            assert output[key]["times"] == single[2][key]["times"]
+
+
+def test_batched_equals_single_with_full_pipeline():
+    config = base_config(
+        optimizer={"path": "torch.optim.Adam", "kwargs": {"lr": 0.05}},
+        transform={"path": "mei.transforms.Jitter", "kwargs": {"max_jitter": 2}},
+        regularization={"path": "mei.regularization.TotalVariation", "kwargs": {"weight": 0.01}},
+        precondition={"path": "mei.preconditioning.GaussianBlur", "kwargs": {"sigma": 1.0}},
+        postprocessing={
+            "path": "mei.postprocessing.PNormConstraintAndClip",
+            "kwargs": {"norm_value": 8.0, "p": 2, "max_pixel_value": 1.5, "min_pixel_value": -1.5},
+        },
+        stopper={"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 30}},
+        objectives=[{"path": "mei.objectives.EvaluationObjective", "kwargs": {"interval": 5}}],
+    )
+    _assert_batch_equals_single(SmallConvNet(), config, units=[0, 3, 5, 3], seeds=[1, 2, 3, 4])
+
+
+def test_elements_stop_on_their_own_and_stay_fixed():
+    # EarlyStopping stops elements at different steps; each must match its single run.
+    config = base_config(
+        optimizer={"path": "torch.optim.SGD", "kwargs": {"lr": 0.5}},
+        stopper={
+            "path": "mei.stoppers.EarlyStopping",
+            "kwargs": {"patience": 3, "min_delta": 1e-3, "max_iter": 200},
+        },
+        objectives=[{"path": "mei.objectives.EvaluationObjective", "kwargs": {"interval": 1}}],
+    )
+    model = SmallConvNet()
+    batched = gradient_ascent_units(None, model, config, 5, [0, 1, 2, 4], shape=SHAPE)
+    lengths = {len(out["mei.objectives.EvaluationObjective"]["times"]) for _, _, out in batched}
+    assert len(lengths) > 1, "the test needs elements that stop at different steps"
+    _assert_batch_equals_single(model, config, units=[0, 1, 2, 4], seeds=[5] * 4)
+
+
+def test_coupling_optimizer_falls_back_to_one_by_one():
+    config = base_config(
+        optimizer={"path": "torch.optim.LBFGS", "kwargs": {"lr": 0.1, "max_iter": 2}},
+        stopper={"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 5}},
+    )
+    _assert_batch_equals_single(SmallConvNet(), config, units=[1, 2], seeds=[0, 0])
+
+
+def test_batch_size_chunks_give_the_same_results():
+    model = SmallConvNet()
+    config = base_config(
+        stopper={"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 10}}
+    )
+    whole = gradient_ascent_units(None, model, config, 0, [0, 1, 2, 3, 4], shape=SHAPE)
+    chunked = gradient_ascent_units(
+        None, model, config, 0, [0, 1, 2, 3, 4], shape=SHAPE, batch_size=2
+    )
+    for a, b in zip(whole, chunked, strict=True):
+        assert (a[0] - b[0]).abs().max() <= 1e-5
+
+
+def test_norms_are_per_element_in_a_batch():
+    model = LinearNeurons(shape=(1, 16, 16), n=4)
+    results = gradient_ascent_units(None, model, base_config(), 0, [0, 1, 2, 3], shape=SHAPE)
+    for unit, (mei, _, _) in enumerate(results):
+        assert mei.norm().item() == pytest.approx(3.0, abs=1e-4)
+        w = model.weight[unit].flatten()
+        assert torch.nn.functional.cosine_similarity(mei.flatten(), w, dim=0) > 0.999
+
+
+def test_unit_per_element_rejects_a_batch_of_the_wrong_size():
+    with pytest.raises(ValueError, match="batch of 2"):
+        UnitPerElement(SmallConvNet(), [0, 1])(torch.zeros(3, 1, 16, 16))
