@@ -16,12 +16,15 @@ from ._components import Component, expand_like, per_element
 
 
 @functools.lru_cache(maxsize=64)
-def _gaussian_window(sigma: float, truncate: float) -> Tensor:
-    """Normalized 1-d Gaussian window of half-size ``max(round(sigma * truncate), 1)``."""
+def _gaussian_window(
+    sigma: float, truncate: float, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """Normalized 1-d Gaussian window of half-size ``max(round(sigma * truncate), 1)``,
+    cached per device so that a step does not copy it again."""
     halfsize = max(int(round(sigma * truncate)), 1)
     n = torch.arange(-halfsize, halfsize + 1, dtype=torch.float64)
     window = torch.exp(-0.5 * (n / sigma) ** 2)
-    return window / window.sum()
+    return (window / window.sum()).to(device=device, dtype=dtype)
 
 
 def gaussian_blur(
@@ -43,7 +46,7 @@ def gaussian_blur(
     h, w = shape[-2:]
     flat = x.reshape(-1, 1, h, w)
     for dim, s in ((-2, sigma_y), (-1, sigma_x)):
-        window = _gaussian_window(float(s), float(truncate)).to(device=x.device, dtype=x.dtype)
+        window = _gaussian_window(float(s), float(truncate), x.device, x.dtype)
         size = shape[dim]
         half = len(window) // 2
         if pad_mode == "reflect" and half >= size:  # reflect padding needs half < size
