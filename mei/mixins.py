@@ -1,0 +1,383 @@
+"""What mei's tables do: the logic behind the templates and tables of :mod:`mei.main`.
+
+Each mixin holds one table's definition and methods; :mod:`mei.main` combines it with the
+DataJoint tier (``dj.Manual``, ``dj.Lookup``, ``dj.Computed``). Definitions are written once and
+get their few generation-specific type names from :data:`mei._dj.TYPES`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from . import _dj
+from .errors import ComponentError, ConfigError, NonFiniteError
+from .import_helpers import import_object
+from .integration import ModelLoader, hash_list_of_dictionaries, make_hash
+from .modules import EnsembleModel
+
+Key = dict[str, Any]
+
+METHOD_FN_MAX_LENGTH = 64
+"""``method_fn`` is a ``varchar(64)`` column."""
+
+KEYED_COMPONENTS = ("initial", "transform", "regularization", "precondition", "postprocessing")
+"""Config components whose ``kwargs["key"]``, when present, is set to the MEI's key at run time."""
+
+
+class RequiredLink:
+    """A link to another table that the user's subclass must set, e.g. ``dataset_table``.
+
+    Reading it before it is set raises an ``AttributeError`` that says what to assign.
+    """
+
+    def __init__(self, example: str):
+        self.example = example
+        self.name = "?"
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        raise AttributeError(
+            f"{owner.__name__}.{self.name} is not set: assign the table class in your subclass, "
+            f"e.g. `{self.name} = {self.example}`, before decorating it with your schema"
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(example={self.example!r})"
+
+
+def _primary_key(table: Any) -> list[str]:
+    return list(table().primary_key if isinstance(table, type) else table.primary_key)
+
+
+class TrainedEnsembleModelTemplateMixin:
+    """An ensemble of trained models of one dataset, identified by ``ensemble_hash``.
+
+    Links: ``dataset_table`` (the dataset every member was trained on) and
+    ``trained_model_table`` (a table with ``load_model(key, include_dataloader,
+    include_state_dict)``, such as NNFabrik's ``TrainedModelBase`` subclasses).
+    """
+
+    definition = """
+    # contains ensemble ids
+    -> self.dataset_table
+    ensemble_hash                   : char(32)      # the hash of the ensemble
+    ---
+    ensemble_comment        = ''    : varchar(256)  # a short comment describing the ensemble
+    """
+
+    class Member:
+        """One trained model of an ensemble."""
+
+        definition = """
+        # contains assignments of trained models to a specific ensemble id
+        -> master
+        -> master.trained_model_table
+        """
+
+    dataset_table: Any = RequiredLink("Dataset")
+    trained_model_table: Any = RequiredLink("TrainedModel")
+    ensemble_model_class = EnsembleModel
+
+    def create_ensemble(self, key: Mapping[str, Any], comment: str = "") -> Key:
+        """Make an ensemble of every trained model that matches ``key``; return its key.
+
+        ``key`` must restrict ``dataset_table`` to exactly one entry; the members are the rows
+        of ``trained_model_table`` of that dataset that also match ``key``. ``ensemble_hash``
+        is :func:`mei.integration.hash_list_of_dictionaries` of the members' primary keys, so
+        the same members always give the same ensemble. Creating an existing ensemble again
+        returns its key and changes nothing.
+        """
+        datasets = _dj.keys(self.dataset_table() & key)
+        if len(datasets) != 1:
+            raise ValueError(
+                f"key {dict(key)!r} must restrict {self.dataset_table.__name__} to exactly one "
+                f"entry, it matches {len(datasets)}"
+            )
+        [dataset_key] = datasets
+        members = _dj.keys(self.trained_model_table() & dataset_key & key)
+        if not members:
+            raise ValueError(
+                f"no rows of {self.trained_model_table.__name__} match {dict(key)!r} for "
+                f"dataset {dataset_key!r}: an ensemble needs at least one trained model"
+            )
+        primary_key = dict(dataset_key, ensemble_hash=hash_list_of_dictionaries(members))
+        if self & primary_key:
+            return primary_key
+        with self.connection.transaction:
+            self.insert1(dict(primary_key, ensemble_comment=comment))
+            self.Member().insert([{**primary_key, **member} for member in members])
+        return primary_key
+
+    def member_keys(self, key: Mapping[str, Any] | None = None) -> list[Key]:
+        """The trained model keys of one ensemble, in a fixed order (sorted by their hash)."""
+        ensembles = _dj.keys(self & key if key is not None else self)
+        if len(ensembles) != 1:
+            raise ValueError(
+                f"key {key!r} must select exactly one ensemble of {type(self).__name__}, "
+                f"it selects {len(ensembles)}"
+            )
+        names = _primary_key(self.trained_model_table)
+        members = [{n: m[n] for n in names} for m in _dj.keys(self.Member() & ensembles[0])]
+        return sorted(members, key=make_hash)
+
+    def load_model(
+        self,
+        key: Mapping[str, Any] | None = None,
+        include_dataloader: bool = True,
+        include_state_dict: bool = True,
+    ) -> Any:
+        """``(dataloaders, EnsembleModel)`` of one ensemble (the model alone without loaders).
+
+        Each member comes from ``trained_model_table().load_model(key=member_key,
+        include_dataloader=..., include_state_dict=...)``; the dataloaders are the first
+        member's. ``key=None`` uses the ensemble this table is restricted to.
+        """
+        table = self.trained_model_table()
+        loaded = [
+            table.load_model(
+                key=member,
+                include_dataloader=include_dataloader,
+                include_state_dict=include_state_dict,
+            )
+            for member in self.member_keys(key)
+        ]
+        if not include_dataloader:
+            return self.ensemble_model_class(*loaded)
+        dataloaders = loaded[0][0]
+        return dataloaders, self.ensemble_model_class(*(model for _, model in loaded))
+
+
+def validate_method(method_fn: str, method_config: Any) -> Any:
+    """Import ``method_fn`` and check ``method_config`` against it; return the function.
+
+    Raises :class:`mei.errors.ConfigError` when the path does not import, is too long for the
+    table, the config is not a mapping, or the function's ``validate_config`` rejects it.
+    """
+    if not isinstance(method_fn, str):
+        raise ConfigError(f"method_fn must be a dotted path string, got {method_fn!r}")
+    if len(method_fn) > METHOD_FN_MAX_LENGTH:
+        raise ConfigError(
+            f"method_fn must be at most {METHOD_FN_MAX_LENGTH} characters, got {len(method_fn)}",
+            path=method_fn,
+        )
+    if not isinstance(method_config, Mapping):
+        raise ConfigError(
+            f"method_config must be a mapping, got {type(method_config).__name__}",
+            path=method_fn,
+        )
+    try:
+        fn = import_object(method_fn)
+    except (ImportError, ValueError) as e:
+        raise ConfigError(f"method_fn cannot be imported: {e}", path=method_fn) from e
+    if not callable(fn):
+        raise ConfigError(f"method_fn is not callable: {fn!r}", path=method_fn)
+    validate = getattr(fn, "validate_config", None)
+    if validate is not None:
+        validate(method_config)
+    return fn
+
+
+def _with_key(method_config: Mapping[str, Any], key: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the config whose components asking for ``kwargs["key"]`` get the key."""
+    config = copy.deepcopy(dict(method_config))
+    for name in KEYED_COMPONENTS:
+        component = config.get(name)
+        if isinstance(component, Mapping) and "key" in (component.get("kwargs") or {}):
+            component["kwargs"]["key"] = dict(key)
+    return config
+
+
+def run_method(
+    method_fn: str,
+    method_config: Mapping[str, Any],
+    dataloaders: Any,
+    model: Any,
+    key: Mapping[str, Any],
+    seed: int,
+) -> tuple[Tensor, float, Any]:
+    """Call ``method_fn(dataloaders, model, config, seed)``; return its checked result.
+
+    ``config`` is ``method_config`` with the key given to the components that ask for it; the
+    result goes through :func:`check_result`.
+    """
+    fn = validate_method(method_fn, method_config)
+    result = fn(dataloaders, model, _with_key(method_config, key), int(seed))
+    return check_result(method_fn, result, key)
+
+
+def check_result(method_fn: str, result: Any, key: Mapping[str, Any]) -> tuple[Tensor, float, Any]:
+    """``result`` of ``method_fn`` for ``key`` as ``(mei, score, output)``, checked.
+
+    ``mei`` becomes a detached CPU tensor and ``score`` a float; raises
+    :class:`mei.errors.ComponentError` for a malformed result and
+    :class:`mei.errors.NonFiniteError` for a score that is not finite, naming ``key``.
+    """
+    if not isinstance(result, tuple) or len(result) != 3:
+        raise ComponentError(
+            f"{method_fn} must return (mei, score, output), got {type(result).__name__} "
+            f"for key {dict(key)!r}"
+        )
+    mei, score, output = result
+    if not isinstance(mei, Tensor):
+        raise ComponentError(
+            f"{method_fn} must return the MEI as a tensor, got {type(mei).__name__} "
+            f"for key {dict(key)!r}"
+        )
+    if isinstance(score, Tensor) and score.numel() == 1:
+        score = score.item()
+    if not isinstance(score, numbers.Real):
+        raise ComponentError(
+            f"{method_fn} must return a real score, got {score!r} for key {dict(key)!r}"
+        )
+    if not math.isfinite(score):
+        raise NonFiniteError(f"{method_fn} returned the score {score} for key {dict(key)!r}")
+    return mei.detach().cpu(), float(score), output
+
+
+class MEIMethodMixin:
+    """MEI methods: a method function (dotted path) and its config, keyed by the config hash."""
+
+    definition_template = """
+    # contains methods for generating MEIs and their configurations.
+    method_fn                           : varchar(64)   # name of the method function
+    method_hash                         : varchar(32)   # hash of the method config
+    ---
+    method_config                       : {blob}      # method configuration object
+    method_ts       = CURRENT_TIMESTAMP : {timestamp}     # UTZ timestamp at time of insertion
+    method_comment                      : varchar(256)  # a short comment describing the method
+    """
+
+    @property
+    def definition(self) -> str:
+        return self.definition_template.format(**_dj.TYPES)
+
+    def add_method(
+        self, method_fn: str, method_config: Mapping[str, Any], comment: str = ""
+    ) -> Key:
+        """Validate and insert a method; return its key ``{method_fn, method_hash}``.
+
+        ``method_hash`` is NNFabrik's ``make_hash(method_config)``, so rows made by the original
+        library match. The config is checked first (the path imports, the function's
+        ``validate_config`` accepts it): a broken config never reaches the table. Adding the
+        same function with the same config again returns the existing key and changes nothing
+        (the comment included); a different config with the same hash raises
+        :class:`mei.errors.ConfigError`.
+        """
+        validate_method(method_fn, method_config)
+        key = {"method_fn": method_fn, "method_hash": make_hash(method_config)}
+        existing = self & key
+        if existing:
+            stored = existing.fetch1("method_config")
+            try:
+                same = bool(stored == method_config)
+            except (TypeError, ValueError):  # e.g. array values: the equal hash decides
+                same = True
+            if not same:
+                raise ConfigError(
+                    f"method_config hashes to {key['method_hash']}, the hash of the different "
+                    f"stored config {stored!r}",
+                    path=method_fn,
+                )
+            return key
+        self.insert1(dict(key, method_config=method_config, method_comment=comment))
+        return key
+
+    def generate_mei(self, dataloaders: Any, model: Any, key: Key, seed: int) -> dict[str, Any]:
+        """Run the method of ``key`` on ``model``; return ``dict(key, mei=, score=, output=)``."""
+        method_fn, method_config = (self & key).fetch1("method_fn", "method_config")
+        mei, score, output = run_method(method_fn, method_config, dataloaders, model, key, seed)
+        return dict(key, mei=mei, score=score, output=output)
+
+
+class MEISeedMixin:
+    """Seeds that make MEI generation reproducible."""
+
+    definition_template = """
+    # contains seeds used to make the MEI generation process reproducible
+    mei_seed    : {int}   # MEI seed
+    """
+
+    @property
+    def definition(self) -> str:
+        return self.definition_template.format(**_dj.TYPES)
+
+
+class MEITemplateMixin:
+    """MEIs: one per method x trained (ensemble) model x selected unit x seed.
+
+    Links: ``trained_model_table`` (has ``load_model(key)``), ``selector_table`` (has
+    ``get_output_selected_model(model, key)``), ``method_table`` and ``seed_table``.
+    ``mei`` and ``output`` are files written with ``torch.save`` into the store named by
+    ``storage``. Models are cached across keys, at most ``cache_size_limit`` of them.
+    """
+
+    definition_template = """
+    # contains maximally exciting images (MEIs)
+    -> self.method_table
+    -> self.trained_model_table
+    -> self.selector_table
+    -> self.seed_table
+    ---
+    mei                 : {file}  # the MEI as a tensor
+    score               : {float}         # some score depending on the used method function
+    output              : {file}  # object returned by the method function
+    """
+
+    trained_model_table: Any = RequiredLink("TrainedEnsembleModel")
+    selector_table: Any = RequiredLink("Selector")
+    storage = "minio"
+    cache_size_limit = 10
+
+    @property
+    def definition(self) -> str:
+        return self.definition_template.format(**_dj.types(self.storage))
+
+    @property
+    def model_loader(self) -> ModelLoader:
+        """The model cache of this table object, made on first use."""
+        loader = self.__dict__.get("_model_loader")
+        if loader is None:
+            trained = self.trained_model_table
+
+            def load_model(key: Key) -> Any:
+                return trained().load_model(key=key)
+
+            loader = ModelLoader(load_model, _primary_key(trained), self.cache_size_limit)
+            self.__dict__["_model_loader"] = loader
+        return loader
+
+    def make_fetch(self, key: Key) -> tuple[str, Any, int]:
+        """The method and the seed of ``key`` (cheap; fetched again before inserting)."""
+        method_fn, method_config = (self.method_table() & key).fetch1("method_fn", "method_config")
+        seed = (self.seed_table() & key).fetch1("mei_seed")
+        return method_fn, method_config, int(seed)
+
+    def make_compute(
+        self, key: Key, method_fn: str, method_config: Any, seed: int
+    ) -> tuple[Tensor, float, Any]:
+        """Load (or reuse) the model, select the unit and run the method: no transaction."""
+        dataloaders, model = self.model_loader.load(key)
+        model = self.selector_table().get_output_selected_model(model, key)
+        return run_method(method_fn, method_config, dataloaders, model, key, seed)
+
+    def make_insert(self, key: Key, mei: Tensor, score: float, output: Any) -> None:
+        """Store ``mei`` and ``output`` as files and insert the row, or neither."""
+        _dj.insert_with_files(
+            self, dict(key, score=score), {"mei": mei, "output": output}, self.storage
+        )
+
+    def load_mei(self, key: Mapping[str, Any] | None = None) -> Tensor:
+        """The stored MEI of one row as a tensor (``key=None``: this restricted table's row)."""
+        return _dj.load_file(self & key if key is not None else self, "mei")
+
+    def load_output(self, key: Mapping[str, Any] | None = None) -> Any:
+        """The stored ``output`` of one row, e.g. ``{objective: {"times": [], "values": []}}``."""
+        return _dj.load_file(self & key if key is not None else self, "output")
