@@ -247,3 +247,6 @@ __all__ = [
     "run_batch",
     "ConfigError",
 ]
+
+gradient_ascent.batched = gradient_ascent_units  # type: ignore[attr-defined]
+"""Batched populate (:mod:`mei.populate`) calls this for keys that can share one run."""

@@ -335,6 +335,8 @@ class MEITemplateMixin:
     selector_table: Any = RequiredLink("Selector")
     storage = "minio"
     cache_size_limit = 10
+    device: str | None = None
+    """Overrides the method configs' ``device`` when set (one worker per GPU: ``"cuda:1"``)."""
 
     @property
     def definition(self) -> str:
@@ -366,7 +368,37 @@ class MEITemplateMixin:
         """Load (or reuse) the model, select the unit and run the method: no transaction."""
         dataloaders, model = self.model_loader.load(key)
         model = self.selector_table().get_output_selected_model(model, key)
-        return run_method(method_fn, method_config, dataloaders, model, key, seed)
+        fn = validate_method(method_fn, method_config)
+        result = fn(dataloaders, model, self.run_config(method_config, key), int(seed))
+        return check_result(method_fn, result, key)
+
+    def run_config(self, method_config: Mapping[str, Any], key: Key) -> dict[str, Any]:
+        """The config a run of ``key`` gets: a copy with the key given to the components that
+        ask for it and, if this table's ``device`` is set, that device."""
+        config = _with_key(method_config, key)
+        if self.device is not None:
+            config["device"] = self.device
+        return config
+
+    def populate(self, *restrictions: Any, batch_size: int | None = None, **kwargs: Any) -> Any:
+        """DataJoint's ``populate``; with ``batch_size``, batched (see :func:`mei.populate.populate`).
+
+        ``MEI().populate(batch_size=64, reserve_jobs=True)`` optimizes up to 64 neurons that share
+        method, model and seed in one engine run and inserts one row per key. With
+        ``batch_size`` the accepted keyword arguments are ``reserve_jobs``,
+        ``suppress_errors``, ``max_calls``, ``display_progress`` and ``order``.
+        """
+        if batch_size is None:
+            return super().populate(*restrictions, **kwargs)
+        from .populate import populate
+
+        unknown = sorted(
+            set(kwargs)
+            - {"reserve_jobs", "suppress_errors", "max_calls", "display_progress", "order"}
+        )
+        if unknown:
+            raise TypeError(f"populate(batch_size=...) does not take {unknown}")
+        return populate(self, *restrictions, batch_size=batch_size, **kwargs)
 
     def make_insert(self, key: Key, mei: Tensor, score: float, output: Any) -> None:
         """Store ``mei`` and ``output`` as files and insert the row, or neither."""
