@@ -150,7 +150,9 @@ def run_batch(
     with (
         _prepared_model(model, device),
         torch.random.fork_rng(devices=_rng_devices(device)),
-        progress_bar(total=total, desc=description, unit="step", enabled=progress) as bar,
+        progress_bar(
+            total=total, desc=description, unit="step", enabled=progress, leave=False
+        ) as bar,
     ):
         torch.manual_seed(seeds[0])
         mei = MEI(model, x, optimizer, **components)

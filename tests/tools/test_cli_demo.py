@@ -1,0 +1,177 @@
+"""``mei demo`` end to end: the seed workflow on the bundled model, with answers to check.
+
+Against the embedded database (no database configured: mei starts its own PostgreSQL in the
+data directory, and reuses it on the next run) and against the configured server (DataJoint's
+environment variables). Every neuron's MEI must correlate >= 0.9 with its true filter.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+
+import pytest
+from tools_testkit import (
+    base_env,
+    parse_summary,
+    png_size,
+    require_embedded,
+    require_server,
+    run_mei,
+    run_python,
+    shared_directory,
+    stop_embedded,
+    unique_name,
+)
+
+N_NEURONS = 32
+
+LOAD_MODEL = """
+import datajoint as dj, torch
+import mei.demo as demo
+dj.config["stores"] = {{"mei_demo": {{"protocol": "file", "location": "{store}"}}}}
+demo.activate("{schema}", store="mei_demo")
+key = {{"dataset_id": 0, "model_seed": 1}}
+loaders, model = demo.TrainedModel().load_model(key)
+images, responses = next(iter(loaders["train"]["v1"]))
+assert images.shape == (16, 1, 32, 32) and responses.shape == (16, 32)
+bare = demo.TrainedModel().load_model(key, include_dataloader=False, include_state_dict=False)
+assert bare.filters.shape == model.filters.shape
+assert not torch.equal(bare.filters, model.filters)
+[ensemble] = demo.TrainedEnsembleModel().keys()
+_, ensemble_model = demo.TrainedEnsembleModel().load_model(ensemble)
+torch.testing.assert_close(ensemble_model(images), (model(images) + demo.TrainedModel().load_model(
+    {{"dataset_id": 0, "model_seed": 2}}, include_dataloader=False)(images)) / 2)
+"""
+ROOT = os.geteuid() == 0
+
+
+def check_demo_output(result, out_dir) -> dict[int, tuple[str, float, float]]:
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    summary = parse_summary(result.stdout)
+    assert sorted(summary) == list(range(N_NEURONS))
+    kinds = [summary[n][0] for n in range(N_NEURONS)]
+    assert kinds == ["gabor"] * 24 + ["ON center", "OFF center"] * 4
+    for neuron, (_, score, r) in summary.items():
+        assert r >= 0.9, f"neuron {neuron}: correlation {r}"
+        # softplus(0.5 * 10 * |w| - 1) with |w| a little over 1 for the noisy fitted models
+        assert 3.5 < score < 4.3, f"neuron {neuron}: score {score}"
+    # 32 pairs, 8 per row: 8 rows of tiles plus the title
+    assert png_size(out_dir / "meis.png") == (8 * 150, 8 * 180 + 40)
+    assert png_size(out_dir / "traces.png") == (500, 290)
+    return summary
+
+
+def test_demo_on_the_embedded_database_and_again_reusing_it():
+    require_embedded()
+    with shared_directory() as directory:
+        data = directory / "data"
+        env = base_env(data)
+        try:
+            first = run_mei("demo", "--quick", "--out", "first", env=env, cwd=directory)
+            summary = check_demo_output(first, directory / "first")
+            assert "mei demo: using the embedded PostgreSQL database (started;" in first.stderr
+            assert "populating MEI: 32 of 32 neurons to compute" in first.stderr
+            assert f"local file store 'mei_demo' in {data / 'store'}" in first.stderr
+            assert any((data / "store").rglob("*.pth.tar"))
+            cluster = data / "postgres"
+            if ROOT:  # the server ran as an existing account, and mei said so
+                assert "runs as the existing account 'postgres'" in first.stderr
+                assert "no system user is created" in first.stderr
+                assert pwd.getpwuid(cluster.stat().st_uid).pw_name == "postgres"
+                assert stat.S_IMODE(directory.stat().st_mode) == 0o755  # untouched
+            # the server was stopped on the way out
+            status = run_mei("db", "status", env=env, cwd=directory)
+            assert status.returncode == 3 and status.stdout.startswith("not running")
+            created = (cluster / "PG_VERSION").stat().st_mtime_ns
+
+            # the second run computes nothing; a stricter threshold than the MEIs meet fails it
+            second = run_mei(
+                "demo",
+                "--quick",
+                "--out",
+                "second",
+                "--min-correlation",
+                "0.9999",
+                env=env,
+                cwd=directory,
+            )
+            assert "populating MEI: 0 of 32 neurons to compute" in second.stderr
+            assert parse_summary(second.stdout) == summary
+            assert second.returncode == 1 and "Traceback" not in second.stderr
+            assert (
+                "mei demo: error: 32 MEI(s) correlate less than 0.9999 with their neuron's "
+                "filter: neurons 0, 1, 2," in second.stderr
+            )
+            assert png_size(directory / "second" / "meis.png") == (8 * 150, 8 * 180 + 40)
+            assert (cluster / "PG_VERSION").stat().st_mtime_ns == created
+        finally:
+            stop_embedded(data)
+
+
+def test_demo_on_the_configured_server():
+    settings = require_server()
+    schema = unique_name("mei_demo_test")
+    with shared_directory() as directory:
+        env = base_env(directory / "data", **settings)
+        try:
+            result = run_mei(
+                "demo", "--quick", "--schema", schema, "--out", "out", env=env, cwd=directory
+            )
+            check_demo_output(result, directory / "out")
+            backend, host = settings["DJ_BACKEND"], settings["DJ_HOST"]
+            assert (
+                f"using the configured database ({backend} at {host}, from the environment "
+                "variable DJ_HOST)" in result.stderr
+            )
+            assert f"tables in the schema {schema!r}, methods and seeds in '{schema}_methods'" in (
+                result.stderr
+            )
+            assert not (directory / "data" / "postgres").exists()  # no embedded server
+            if settings["DJ_PASS"]:
+                assert settings["DJ_PASS"] not in result.stdout + result.stderr
+            # the demo's tables work as a lab's would: NNFabrik-style load_model
+            run_python(
+                LOAD_MODEL.format(schema=schema, store=directory / "data" / "store"),
+                env=env,
+                cwd=directory,
+            )
+            stored = directory / "data" / "store" / "_schema" / schema
+            assert len(list(stored.rglob("*.pth.tar"))) == 2 * N_NEURONS  # mei and output
+
+            # --reset starts over: schemas dropped, their files removed, everything recomputed
+            again = run_mei(
+                "demo",
+                "--quick",
+                "--schema",
+                schema,
+                "--out",
+                "again",
+                "--reset",
+                env=env,
+                cwd=directory,
+            )
+            check_demo_output(again, directory / "again")
+            assert f"dropped the schemas {schema}, {schema}_methods" in again.stderr
+            assert f"removed the stored files in {stored}" in again.stderr
+            assert "populating MEI: 32 of 32 neurons to compute" in again.stderr
+            assert len(list(stored.rglob("*.pth.tar"))) == 2 * N_NEURONS
+        finally:
+            run_python(
+                f"import mei.demo; mei.demo.drop({schema!r})", env=env, cwd=directory, timeout=120
+            )
+
+
+def test_demo_as_root_with_an_unreachable_data_directory_says_what_to_do(tmp_path):
+    if not ROOT:
+        pytest.skip("what mei does as root (CI runs as root)")
+    require_embedded()
+    data = tmp_path / "data"  # under pytest's directory, which only root may enter
+    result = run_mei("demo", "--quick", env=base_env(data), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.count("mei demo: error: ") == 1 and "Traceback" not in result.stderr
+    assert "cannot reach its data directory" in result.stderr
+    assert "export MEI_DATA_DIR=" in result.stderr
+    assert not (data / "postgres").exists()
