@@ -14,7 +14,7 @@ import datajoint as dj
 import lab2
 import pytest
 import torch
-from mei_testkit import METHOD_CONFIG, stored_files
+from mei_testkit import METHOD_CONFIG, finish_worker, stored_files, wait_for
 
 from mei.populate import recover
 
@@ -79,21 +79,6 @@ def start_worker(env, *args):
     )
 
 
-def finish(process, timeout=300):
-    out, err = process.communicate(timeout=timeout)
-    assert process.returncode == 0, err
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def wait_for(condition, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_batched_populate_equals_unbatched_and_reports_progress(schema, mei_main, capsys):
     lab = make_lab(schema, mei_main, broken=False)
     table = lab.MEI()
@@ -124,7 +109,7 @@ def test_four_workers_compute_every_key_once_and_record_errors(schema, mei_main,
     lab = make_lab(schema, mei_main, config=SHARED_CONFIG)
     env = worker_env(schema, mei_main)
     workers = [start_worker(env, "--batch-size", "6") for _ in range(4)]
-    summaries = [finish(w) for w in workers]
+    summaries = [finish_worker(w) for w in workers]
 
     computed = [json.dumps(k, sort_keys=True) for s in summaries for k in s["keys"]]
     assert len(computed) == N_NEURONS == len(set(computed))  # none twice, none lost
@@ -170,7 +155,7 @@ def test_killed_worker_leaves_nothing_and_its_keys_are_recovered(schema, mei_mai
     assert len(jobs.reserved) == 0
 
     rescuer = start_worker(env, "--batch-size", "4", "--max-keys", "4")
-    summary = finish(rescuer)
+    summary = finish_worker(rescuer)
     assert summary["done"] == 4
     assert len(lab.MEI()) == 4
     assert len(stored_files(store / "_schema" / schema.database)) == 2 * 4
@@ -182,6 +167,6 @@ def test_sigterm_finishes_the_current_batch_then_stops(schema, mei_main):
     jobs = lab.MEI().jobs
     wait_for(lambda: len(jobs.reserved) == 2, what="the worker to reserve its keys")
     worker.send_signal(signal.SIGTERM)
-    summary = finish(worker)
+    summary = finish_worker(worker)
     assert summary["stopped_by"] == "SIGTERM" and summary["done"] == 2
     assert len(lab.MEI()) == 2 and len(jobs.reserved) == 0

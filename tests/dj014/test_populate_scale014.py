@@ -13,7 +13,7 @@ from pathlib import Path
 import datajoint as dj
 import pytest
 import torch
-from mei_testkit import METHOD_CONFIG, stored_files
+from mei_testkit import METHOD_CONFIG, finish_worker, stored_files, wait_for
 
 from mei import _dj
 from mei.populate import recover
@@ -89,21 +89,6 @@ def start_worker(env, *args):
     )
 
 
-def finish(process, timeout=300):
-    out, err = process.communicate(timeout=timeout)
-    assert process.returncode == 0, err
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def wait_for(condition, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def mei_files(store, schema):
     """Stored MEI and output files (the store also holds NNFabrik's model states)."""
     return [p for p in stored_files(store / schema) if ".mei_" in p.name or ".output_" in p.name]
@@ -127,7 +112,9 @@ def test_batched_populate_equals_unbatched(make_lab):
 def test_four_workers_compute_every_key_once_and_record_errors(make_lab, nnf, store):
     lab = make_lab(config=SHARED_CONFIG)
     env = worker_env(nnf)
-    summaries = [finish(w) for w in [start_worker(env, "--batch-size", "6") for _ in range(4)]]
+    summaries = [
+        finish_worker(w) for w in [start_worker(env, "--batch-size", "6") for _ in range(4)]
+    ]
 
     computed = [json.dumps(k, sort_keys=True, default=str) for s in summaries for k in s["keys"]]
     assert len(computed) == N_NEURONS == len(set(computed))
@@ -163,6 +150,6 @@ def test_killed_worker_leaves_nothing_and_its_keys_are_recovered(make_lab, nnf, 
     assert len(recovered) == 4 and not orphan.exists()
     assert len(jobs_of(lab.MEI(), "reserved")) == 0
 
-    summary = finish(start_worker(env, "--batch-size", "4", "--max-keys", "4"))
+    summary = finish_worker(start_worker(env, "--batch-size", "4", "--max-keys", "4"))
     assert summary["done"] == 4 and len(lab.MEI()) == 4
     assert len(mei_files(store, nnf.schema.database)) == 2 * 4
