@@ -130,3 +130,42 @@ def test_input_shape_from_nnfabrik_style_dataloaders():
         {"train": {"a": tuple_loader}}, ConstrainedOutputModel(LinearNeurons(), 0), base_config(), 0
     )
     assert mei.shape == (1, 1, 8, 8)
+
+
+def test_one_forward_and_one_backward_per_step():
+    net = LinearNeurons()
+    counts = {"forward": 0, "backward": 0}
+    net.register_forward_hook(lambda *a: counts.__setitem__("forward", counts["forward"] + 1))
+    net.register_full_backward_hook(
+        lambda *a: counts.__setitem__("backward", counts["backward"] + 1)
+    )
+    config = base_config(
+        stopper={"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 12}},
+        precondition={"path": "mei.preconditioning.GaussianBlur", "kwargs": {"sigma": 1.0}},
+        regularization={"path": "mei.regularization.TotalVariation", "kwargs": {"weight": 0.1}},
+    )
+    gradient_ascent(None, ConstrainedOutputModel(net, 0), config, 0, shape=(1, 1, 8, 8))
+    assert counts == {"forward": 12 + 1, "backward": 12}  # + 1: scoring the returned MEI
+
+
+def test_states_copy_nothing_to_the_host_unless_read():
+    import custom_components
+
+    records = []
+
+    def by_step_count(state):
+        records.append(state._record)
+        return state.i_iter >= 9, None
+
+    custom_components.by_step_count = lambda: by_step_count
+    try:
+        config = base_config(stopper={"path": "custom_components.by_step_count"})
+        gradient_ascent(
+            None, ConstrainedOutputModel(LinearNeurons(), 0), config, 0, shape=(1, 1, 8, 8)
+        )
+    finally:
+        del custom_components.by_step_count
+    assert len(records) == 10
+    assert all(record._cpu == {} for record in records)  # nothing was materialized
+    records[3].element("evaluation", 0)
+    assert set(records[3]._cpu) == {"evaluation"}
