@@ -45,8 +45,15 @@ class JobQueue:
     def __init__(self, table: Any):
         self.table = table
         if _dj.IS_DJ2:
+            if table._jobs is None:
+                # `table.jobs` would declare the jobs table on first access, racing with the
+                # other workers that start at the same moment: declare it here, tolerantly.
+                from datajoint.jobs import Job
+
+                jobs = Job(table)
+                _declare_concurrently(jobs)
+                table._jobs = jobs
             self.jobs = table.jobs
-            _declare_concurrently(self.jobs)
         else:
             self.jobs = table.connection.schemas[table.database].jobs
             self.table_name = table.table_name
