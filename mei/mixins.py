@@ -155,11 +155,13 @@ class TrainedEnsembleModelTemplateMixin:
         return dataloaders, self.ensemble_model_class(*(model for _, model in loaded))
 
 
-def validate_method(method_fn: str, method_config: Any) -> Any:
+def validate_method(method_fn: str, method_config: Any, *, check_config: bool = True) -> Any:
     """Import ``method_fn`` and check ``method_config`` against it; return the function.
 
     Raises :class:`mei.errors.ConfigError` when the path does not import, is too long for the
     table, the config is not a mapping, or the function's ``validate_config`` rejects it.
+    Runs pass ``check_config=False``: the method validates its config itself when called, so
+    checking it here too would resolve every component twice per key.
     """
     if not isinstance(method_fn, str):
         raise ConfigError(f"method_fn must be a dotted path string, got {method_fn!r}")
@@ -180,7 +182,7 @@ def validate_method(method_fn: str, method_config: Any) -> Any:
     if not callable(fn):
         raise ConfigError(f"method_fn is not callable: {fn!r}", path=method_fn)
     validate = getattr(fn, "validate_config", None)
-    if validate is not None:
+    if check_config and validate is not None:
         validate(method_config)
     return fn
 
@@ -208,7 +210,7 @@ def run_method(
     ``config`` is ``method_config`` with the key given to the components that ask for it; the
     result goes through :func:`check_result`.
     """
-    fn = validate_method(method_fn, method_config)
+    fn = validate_method(method_fn, method_config, check_config=False)
     result = fn(dataloaders, model, _with_key(method_config, key), int(seed))
     return check_result(method_fn, result, key)
 
@@ -368,7 +370,7 @@ class MEITemplateMixin:
         """Load (or reuse) the model, select the unit and run the method: no transaction."""
         dataloaders, model = self.model_loader.load(key)
         model = self.selector_table().get_output_selected_model(model, key)
-        fn = validate_method(method_fn, method_config)
+        fn = validate_method(method_fn, method_config, check_config=False)
         result = fn(dataloaders, model, self.run_config(method_config, key), int(seed))
         return check_result(method_fn, result, key)
 
