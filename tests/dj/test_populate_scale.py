@@ -16,6 +16,7 @@ import pytest
 import torch
 from mei_testkit import METHOD_CONFIG, finish_worker, stored_files, wait_for
 
+from mei.dj.backend import backend
 from mei.populate import recover
 
 N_NEURONS = 44  # plus one broken neuron
@@ -137,9 +138,7 @@ def test_killed_worker_leaves_nothing_and_its_keys_are_recovered(schema, mei_mai
     assert len(lab.MEI()) == 0  # no partial row
     # a SIGKILL between writing files and the insert leaves files: plant one the way a
     # staged insert names them, to check that recovery removes it
-    from mei.populate import _store_dirs_2x
-
-    _, folder = _store_dirs_2x(lab.MEI(), reserved[0])
+    folder = backend().key_folder(lab.MEI(), reserved[0])
     orphan = store / folder / "mei_deadbeef.pth.tar"
     orphan.parent.mkdir(parents=True)
     torch.save(torch.zeros(1), orphan)

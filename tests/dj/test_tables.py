@@ -14,7 +14,9 @@ import datajoint as dj
 import pytest
 from mei_testkit import METHOD_CONFIG, unique_name
 
-from mei import _dj, mixins
+from mei import mixins
+from mei.dj import run
+from mei.dj.backend import backend
 from mei.errors import ComponentError, ConfigError, NonFiniteError
 from mei.integration import make_hash
 from mei.main import MEITemplate, TrainedEnsembleModelTemplate
@@ -106,11 +108,11 @@ def test_links_must_be_set(schema):
 
 
 def test_type_map_and_definitions():
-    assert _dj.IS_DJ2
-    assert _dj.types("minio")["file"] == "<object@minio>"
-    assert _dj.types("local")["blob"] == "<blob>"
+    assert backend().generation == 2
+    assert backend().type_map("minio")["file"] == "<object@minio>"
+    assert backend().type_map("local")["blob"] == "<blob>"
     with pytest.raises(ValueError, match="store must be a store name"):
-        _dj.types("my store")
+        backend().type_map("my store")
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -141,7 +143,7 @@ def test_importing_connects_to_nothing():
         import sys
         import mei
         assert "datajoint" not in sys.modules, "import mei imported datajoint"
-        import mei.main, mei.mixins, mei.integration, mei._dj
+        import mei.main, mei.mixins, mei.integration, mei.populate, mei.dj.backend, mei.cli
         assert not mei.main.schema.is_activated()
         try:
             mei.main.MEISeed()
@@ -177,7 +179,7 @@ def test_components_asking_for_the_key_get_it():
         "postprocessing": {"path": "a.C"},
         "stopper": {"path": "a.D", "kwargs": {"key": None}},
     }
-    keyed = mixins._with_key(config, {"neuron_id": 1})
+    keyed = run.run_config(config, {"neuron_id": 1})
     assert keyed["initial"]["kwargs"] == {"key": {"neuron_id": 1}, "a": 1}
     assert keyed["postprocessing"] == {"path": "a.C"}
     assert keyed["stopper"]["kwargs"] == {"key": None}  # only the original's keyed components

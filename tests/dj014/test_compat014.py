@@ -10,7 +10,7 @@ import pytest
 import torch
 from mei_testkit import METHOD_CONFIG, unique_name
 
-from mei import _dj
+from mei.dj.backend import backend
 from mei.integration import hash_list_of_dictionaries, make_hash
 from mei.main import MEITemplate, TrainedEnsembleModelTemplate
 
@@ -128,7 +128,7 @@ def test_definitions_equal_the_original(connection, mei_main):
         mei = MEI().heading.attributes["mei"]
         assert mei.is_attachment and mei.store == "minio"
     finally:
-        _dj.drop_schema(schema)
+        backend().drop_schema(schema)
 
 
 def test_stored_files_are_readable_as_the_original_wrote_them(connection, store, tmp_path):
@@ -160,12 +160,12 @@ def test_stored_files_are_readable_as_the_original_wrote_them(connection, store,
         assert torch.equal(Row().load_mei({"row_id": 1}), mei)
         assert Row().load_output({"row_id": 1}) == output
     finally:
-        _dj.drop_schema(schema)
+        backend().drop_schema(schema)
 
 
 def test_type_map():
-    assert not _dj.IS_DJ2
-    assert _dj.types("minio") == {
+    assert backend().generation == 0
+    assert backend().type_map("minio") == {
         "int": "int",
         "float": "float",
         "blob": "longblob",

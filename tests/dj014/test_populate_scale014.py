@@ -15,7 +15,7 @@ import pytest
 import torch
 from mei_testkit import METHOD_CONFIG, finish_worker, stored_files, wait_for
 
-from mei import _dj
+from mei.dj.backend import backend
 from mei.populate import recover
 
 N_NEURONS = 40  # plus one broken neuron
@@ -104,7 +104,7 @@ def test_batched_populate_equals_unbatched(make_lab):
     table = lab.MEI()
     result = table.populate(batch_size=16)
     assert result["success_count"] == N_NEURONS
-    for key in _dj.keys(lab.MEI())[:5]:
+    for key in backend().keys(lab.MEI())[:5]:
         mei, score, _ = table.make_compute(key, *table.make_fetch(key))
         assert (lab.MEI().load_mei(key) - mei).abs().max().item() <= 1e-5
 
@@ -141,7 +141,7 @@ def test_killed_worker_leaves_nothing_and_its_keys_are_recovered(make_lab, nnf, 
     # plant a file the way a killed upload leaves it, to check that recovery removes it
     folder = store / nnf.schema.database / "ab" / "cd"
     folder.mkdir(parents=True)
-    pattern = _dj.attachment_names(reserved[0])[0]
+    pattern = backend().attachment_names(reserved[0])[0]
     orphan = folder / ("0" * 32 + "." + pattern.replace("*", "deadbeef"))
     torch.save(torch.zeros(1), orphan)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from mei_testkit import METHOD_CONFIG, N_UNITS, check_mei, ensemble_unit, stored_files
 
-from mei import _dj
+from mei.dj.backend import backend
 from mei.errors import NonFiniteError
 from mei.methods import gradient_ascent
 from mei.modules import ConstrainedOutputModel, EnsembleModel
@@ -59,7 +59,7 @@ def test_workflow_end_to_end(lab, mei_main, nnfabrik_main, store):
         assert output == expected[2]
         check_mei(mei, score, *ensemble_unit(list(ensemble.members), unit), seed=SEED)
         # each stored file is traceable to its row
-        for pattern in _dj.attachment_names(key):
+        for pattern in backend().attachment_names(key):
             assert len(list(store.rglob(f"*.{pattern}"))) == 1, pattern
 
     assert (table.model_loader.misses, table.model_loader.hits) == (1, N_UNITS - 1)

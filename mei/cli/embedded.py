@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import MEIError
+from ..errors import MEIError
 
 __all__ = [
     "ACCOUNT_ENV",
@@ -250,7 +250,9 @@ class EmbeddedPostgres:
         """Point DataJoint 2.x's ``dj.config`` at this server."""
         import datajoint as dj
 
-        if int(dj.__version__.split(".")[0]) < 2:
+        from ..dj.backend import backend
+
+        if not backend().supports_postgresql:
             raise EmbeddedDatabaseError(
                 f"the embedded database is PostgreSQL, which needs DataJoint 2.x; found "
                 f"DataJoint {dj.__version__}: configure a MySQL server for it instead"
@@ -579,16 +581,7 @@ def configured_database() -> str | None:
     """
     if os.environ.get("DJ_HOST"):
         return "the environment variable DJ_HOST"
-    import datajoint as dj
+    from ..dj.backend import backend
 
-    if int(dj.__version__.split(".")[0]) >= 2:
-        if os.environ.get("DJ_IGNORE_CONFIG_FILE", "").lower() in ("1", "true", "yes"):
-            return None
-        from datajoint.settings import find_config_file
-
-        found = find_config_file()
-        return f"the config file {found}" if found is not None else None
-    for candidate in (Path("dj_local_conf.json"), Path.home() / ".datajoint_config.json"):
-        if candidate.is_file():
-            return f"the config file {candidate.absolute()}"
-    return None
+    found = backend().config_files()
+    return f"the config file {found[0]}" if found else None

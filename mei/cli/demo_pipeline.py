@@ -34,9 +34,10 @@ import datajoint as dj
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from . import zoo
-from .main import MEIMethod, MEISeed, MEITemplate, TrainedEnsembleModelTemplate
-from .modules import ConstrainedOutputModel
+from .. import zoo
+from ..dj.backend import backend
+from ..dj.templates import MEIMethod, MEISeed, MEITemplate, TrainedEnsembleModelTemplate
+from ..modules import ConstrainedOutputModel
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -53,9 +54,8 @@ __all__ = [
     "run_demo",
 ]
 
-DJ2 = int(dj.__version__.split(".")[0]) >= 2
-INT = "int32" if DJ2 else "int"
-FLOAT = "float32" if DJ2 else "float"
+INT = backend().types["int"]
+FLOAT = backend().types["float"]
 
 DEFAULT_SCHEMA = "mei_demo"
 """The demo's tables go to this schema, MEIMethod and MEISeed to ``DEFAULT_SCHEMA + "_methods"``."""
@@ -207,10 +207,10 @@ def activate(schema_name: str = DEFAULT_SCHEMA, *, store: str = "minio") -> None
     MEIMethod and MEISeed go to ``schema_name + "_methods"`` unless :func:`mei.main.activate`
     chose their schema before. ``store`` must be configured in ``dj.config["stores"]``.
     """
-    import mei.main
+    from ..dj import templates
 
-    if not mei.main.schema.is_activated():
-        mei.main.activate(f"{schema_name}_methods")
+    if not templates.schema.is_activated():
+        templates.activate(f"{schema_name}_methods")
     MEI.storage = store
     schema.activate(schema_name)
 
@@ -225,10 +225,7 @@ def drop(schema_name: str = DEFAULT_SCHEMA) -> list[str]:
         if name not in dj.list_schemas():
             continue
         existing = dj.Schema(name, create_schema=False)
-        if DJ2:
-            existing.drop(prompt=False)
-        else:
-            existing.drop(force=True)
+        backend().drop_schema(existing)
         dropped.append(name)
     return dropped
 
@@ -310,7 +307,7 @@ def _quiet_runs() -> Iterator[None]:
 
 
 def _keys(query: Any) -> list[dict[str, Any]]:
-    return query.keys() if DJ2 else list(query.fetch("KEY"))
+    return backend().keys(query)
 
 
 def run_demo(
@@ -331,7 +328,7 @@ def run_demo(
     ``meis.png`` (each MEI above its true filter) and ``traces.png`` (the optimization
     traces) there. ``log`` receives progress messages.
     """
-    from .plot import plot_mei_pairs, plot_trace  # fails early if matplotlib is missing
+    from ..plot import plot_mei_pairs, plot_trace  # fails early if matplotlib is missing
 
     dataset_key = {"dataset_id": DATASET["dataset_id"]}
     Dataset().insert1(DATASET, skip_duplicates=True)

@@ -1,0 +1,58 @@
+"""The ``mei`` command: ``mei demo``, ``mei generate``, ``mei status``, ``mei worker``, ``mei db``.
+
+One module per command (:mod:`~mei.cli.demo`, :mod:`~mei.cli.generate`,
+:mod:`~mei.cli.status`, :mod:`~mei.cli.worker`, :mod:`~mei.cli.db`), each with its handler and
+an ``add_parser``; :mod:`~mei.cli.common` holds what they share (errors, choosing the
+database), :mod:`~mei.cli.embedded` the embedded PostgreSQL server and
+:mod:`~mei.cli.demo_pipeline` the demo's tables. Run ``mei COMMAND --help`` for the options.
+Also available as ``python -m mei``.
+
+Exit status: 0 on success, 1 when the command fails (the message says why, without a
+traceback for anything the user can fix), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from ..errors import MEIError
+from . import db, demo, generate, status, worker
+from .common import CLIError, err, version
+from .generate import parse_units
+
+__all__ = ["CLIError", "build_parser", "main", "parse_units"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mei`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="mei",
+        description="Most exciting inputs (MEIs) of neurons in PyTorch models.",
+        epilog="Run `mei demo` for a first picture. `mei COMMAND --help` explains each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"mei {version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in (demo, generate, status, worker, db):
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mei`` with ``argv`` (default: the command line); return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prefix = f"mei {args.command}: error:"
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        err(f"mei {args.command}: interrupted")
+        return 130
+    except (MEIError, FileNotFoundError, PermissionError) as e:
+        err(f"{prefix} {e}")
+        return 1
+    except Exception as e:
+        if type(e).__module__.split(".")[0] in ("datajoint", "pymysql", "psycopg2"):
+            err(f"{prefix} {type(e).__name__}: {e}")
+            return 1
+        raise

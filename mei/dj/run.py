@@ -1,0 +1,274 @@
+"""The one run path of an MEI key, used by ``make``, batched populate and workers.
+
+For each key: validate the method, give the components that ask for it the key, apply the
+MEI table's ``device`` override, call the method table's ``generate_mei`` (or, for keys that
+share everything but the neuron, the method's batched form), and check the result.
+:func:`compute` does this for a list of keys and returns one outcome per key.
+
+Nothing here imports DataJoint; the tables are passed in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import copy
+import logging
+import math
+import numbers
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from torch import Tensor
+
+from ..errors import ComponentError, ConfigError, NonFiniteError
+from ..import_helpers import import_object
+from ..modules import ConstrainedOutputModel
+from .hashing import make_hash
+
+logger = logging.getLogger(__name__)
+
+Key = dict[str, Any]
+Result = tuple[Tensor, float, Any]
+"""``(mei, score, output)`` of one key, checked by :func:`check_result`."""
+
+METHOD_FN_MAX_LENGTH = 64
+"""``method_fn`` is a ``varchar(64)`` column."""
+
+KEYED_COMPONENTS = ("initial", "transform", "regularization", "precondition", "postprocessing")
+"""Config components whose ``kwargs["key"]``, when present, is set to the MEI's key at run time."""
+
+_device: contextvars.ContextVar[str | None] = contextvars.ContextVar("mei_device", default=None)
+
+
+@contextlib.contextmanager
+def device_override(device: str | None) -> Iterator[None]:
+    """Within the block, runs use ``device`` instead of their config's (``None``: no change).
+
+    The MEI table sets it around ``generate_mei`` from its ``device`` attribute, so a worker
+    per GPU (``mei worker --device cuda:1``) needs no change to the stored method rows.
+    """
+    token = _device.set(device)
+    try:
+        yield
+    finally:
+        _device.reset(token)
+
+
+class Fetched(NamedTuple):
+    """What ``make_fetch`` reads for a key: the method and the seed."""
+
+    method_fn: str
+    method_config: Any
+    seed: int
+
+
+def validate_method(method_fn: str, method_config: Any, *, check_config: bool = True) -> Any:
+    """Import ``method_fn`` and check ``method_config`` against it; return the function.
+
+    Raises :class:`mei.errors.ConfigError` when the path does not import, is too long for the
+    table, the config is not a mapping, or the function's ``validate_config`` rejects it.
+    Runs pass ``check_config=False``: the method validates its config itself when called, so
+    checking it here too would resolve every component twice per key.
+    """
+    if not isinstance(method_fn, str):
+        raise ConfigError(f"method_fn must be a dotted path string, got {method_fn!r}")
+    if len(method_fn) > METHOD_FN_MAX_LENGTH:
+        raise ConfigError(
+            f"method_fn must be at most {METHOD_FN_MAX_LENGTH} characters, got {len(method_fn)}",
+            path=method_fn,
+        )
+    if not isinstance(method_config, Mapping):
+        raise ConfigError(
+            f"method_config must be a mapping, got {type(method_config).__name__}",
+            path=method_fn,
+        )
+    try:
+        fn = import_object(method_fn)
+    except (ImportError, ValueError) as e:
+        raise ConfigError(f"method_fn cannot be imported: {e}", path=method_fn) from e
+    if not callable(fn):
+        raise ConfigError(f"method_fn is not callable: {fn!r}", path=method_fn)
+    validate = getattr(fn, "validate_config", None)
+    if check_config and validate is not None:
+        validate(method_config)
+    return fn
+
+
+def run_config(method_config: Mapping[str, Any], key: Mapping[str, Any]) -> dict[str, Any]:
+    """The config a run of ``key`` gets: a copy whose components asking for ``kwargs["key"]``
+    get the key and, inside :func:`device_override`, that device."""
+    config = copy.deepcopy(dict(method_config))
+    for name in KEYED_COMPONENTS:
+        component = config.get(name)
+        if isinstance(component, Mapping) and "key" in (component.get("kwargs") or {}):
+            component["kwargs"]["key"] = dict(key)
+    device = _device.get()
+    if device is not None:
+        config["device"] = device
+    return config
+
+
+def check_result(method_fn: str, result: Any, key: Mapping[str, Any]) -> Result:
+    """``result`` of ``method_fn`` for ``key`` as ``(mei, score, output)``, checked.
+
+    ``mei`` becomes a detached CPU tensor and ``score`` a float; raises
+    :class:`mei.errors.ComponentError` for a malformed result and
+    :class:`mei.errors.NonFiniteError` for a score that is not finite, naming ``key``.
+    """
+    if not isinstance(result, tuple) or len(result) != 3:
+        raise ComponentError(
+            f"{method_fn} must return (mei, score, output), got {type(result).__name__} "
+            f"for key {dict(key)!r}"
+        )
+    mei, score, output = result
+    if not isinstance(mei, Tensor):
+        raise ComponentError(
+            f"{method_fn} must return the MEI as a tensor, got {type(mei).__name__} "
+            f"for key {dict(key)!r}"
+        )
+    if isinstance(score, Tensor) and score.numel() == 1:
+        score = score.item()
+    if not isinstance(score, numbers.Real):
+        raise ComponentError(
+            f"{method_fn} must return a real score, got {score!r} for key {dict(key)!r}"
+        )
+    if not math.isfinite(score):
+        raise NonFiniteError(f"{method_fn} returned the score {score} for key {dict(key)!r}")
+    return mei.detach().cpu(), float(score), output
+
+
+def run_method(
+    method_fn: str,
+    method_config: Mapping[str, Any],
+    dataloaders: Any,
+    model: Any,
+    key: Mapping[str, Any],
+    seed: int,
+) -> Result:
+    """Call ``method_fn(dataloaders, model, run_config(...), seed)``; return its checked result."""
+    fn = validate_method(method_fn, method_config, check_config=False)
+    result = fn(dataloaders, model, run_config(method_config, key), int(seed))
+    return check_result(method_fn, result, key)
+
+
+def builtin(fn: Any) -> Any:
+    """Mark mei's own ``generate_mei``, so that :func:`overrides_generate_mei` can tell it from
+    a lab's."""
+    fn.__mei_builtin__ = True
+    return fn
+
+
+def overrides_generate_mei(method_table: Any) -> bool:
+    """Whether a lab's method table replaced mei's ``generate_mei`` (then it is always
+    called, one key at a time)."""
+    cls = method_table if isinstance(method_table, type) else type(method_table)
+    return not getattr(getattr(cls, "generate_mei", None), "__mei_builtin__", False)
+
+
+def compute_key(table: Any, key: Key, fetched: Sequence[Any]) -> Result:
+    """One key: load (or reuse) the model, select the unit, ``generate_mei``, check.
+
+    ``table`` is the MEI table; ``fetched`` what its ``make_fetch`` returned for ``key``.
+    """
+    method_fn, _, seed = fetched
+    dataloaders, model = table.model_loader.load(key)
+    model = table.selector_table().get_output_selected_model(model, key)
+    with device_override(table.device):
+        entity = table.method_table().generate_mei(dataloaders, model, dict(key), int(seed))
+    if not isinstance(entity, Mapping) or not {"mei", "score", "output"} <= set(entity):
+        raise ComponentError(
+            f"generate_mei must return a dict with 'mei', 'score' and 'output', got "
+            f"{type(entity).__name__} for key {dict(key)!r}"
+        )
+    return check_result(method_fn, (entity["mei"], entity["score"], entity["output"]), key)
+
+
+def _batch_plan(model: Any, selected: Sequence[Any]) -> tuple[Any, Any, list[int]] | None:
+    """``(target_fn, forward_kwargs, units)`` if every selected model picks one int unit of
+    ``model`` the same way, else ``None``."""
+    if not all(isinstance(s, ConstrainedOutputModel) for s in selected):
+        return None
+    first = selected[0]
+    for s in selected:
+        if (
+            s.model is not model
+            or not isinstance(s.constraint, numbers.Integral)
+            or s.target_fn is not first.target_fn
+            or s.forward_kwargs != first.forward_kwargs
+        ):
+            return None
+    return first.target_fn, first.forward_kwargs, [int(s.constraint) for s in selected]
+
+
+def _keyed(method_config: Mapping[str, Any]) -> bool:
+    """Whether some component receives the MEI's key (then configs differ per key)."""
+    return any(
+        isinstance(method_config.get(n), Mapping)
+        and "key" in (method_config[n].get("kwargs") or {})
+        for n in KEYED_COMPONENTS
+    )
+
+
+def _compute_batched(table: Any, keys: Sequence[Key], fetched: Fetched) -> list[Result] | None:
+    """The results of ``keys`` from one batched run, or ``None`` if they cannot share one."""
+    method_fn, method_config, seed = fetched
+    if overrides_generate_mei(table.method_table) or _keyed(method_config):
+        return None
+    batched = getattr(
+        validate_method(method_fn, method_config, check_config=False), "batched", None
+    )
+    if batched is None:
+        return None
+    dataloaders, model = table.model_loader.load(keys[0])
+    selector = table.selector_table()
+    plan = _batch_plan(model, [selector.get_output_selected_model(model, k) for k in keys])
+    if plan is None:
+        return None
+    target_fn, forward_kwargs, units = plan
+    with device_override(table.device):
+        config = run_config(method_config, keys[0])
+    results = batched(
+        dataloaders,
+        model,
+        config,
+        seed,
+        units,
+        target_fn=target_fn,
+        forward_kwargs=forward_kwargs,
+    )
+    return [check_result(method_fn, r, k) for r, k in zip(results, keys, strict=True)]
+
+
+def compute(table: Any, keys: Sequence[Key]) -> list[tuple[Fetched, Result] | Exception]:
+    """Compute the MEIs of ``keys`` of the MEI ``table``; no transaction is open.
+
+    Keys that share method, seed, model and selection run in one batched run when the method
+    has a batched form and the lab did not override ``generate_mei``; any other key, or all
+    keys of a batched run that failed, run one by one through :func:`compute_key`. Returns,
+    per key, ``(fetched, (mei, score, output))`` or the exception it raised (with its
+    traceback text in ``__mei_traceback__``).
+    """
+    fetched = [Fetched(*table.make_fetch(k)) for k in keys]
+    if len(keys) > 1 and len({make_hash(f) for f in fetched}) == 1:
+        try:
+            results = _compute_batched(table, keys, fetched[0])
+        except Exception:
+            logger.warning(
+                "batched run of %d keys failed; computing them one by one to find the "
+                "failing key(s)",
+                len(keys),
+                exc_info=True,
+            )
+            results = None
+        if results is not None:
+            return list(zip(fetched, results, strict=True))
+    outcomes: list[tuple[Fetched, Result] | Exception] = []
+    for f, key in zip(fetched, keys, strict=True):
+        try:
+            outcomes.append((f, table.make_compute(key, *f)))
+        except Exception as e:
+            e.__mei_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
+            outcomes.append(e)
+    return outcomes

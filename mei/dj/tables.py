@@ -1,0 +1,324 @@
+"""What mei's tables do: the logic behind the templates and tables of :mod:`mei.main`.
+
+Each mixin holds one table's definition and methods; :mod:`mei.dj.templates` combines it with
+the DataJoint tier (``dj.Manual``, ``dj.Lookup``, ``dj.Computed``). Definitions are written once
+and get their few generation-specific type names from the :class:`~mei.dj.backend.Backend`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..modules import EnsembleModel
+from . import populate as _populate
+from . import run
+from .backend import backend
+from .hashing import hash_list_of_dictionaries, make_hash
+from .model_cache import ModelLoader
+from .run import KEYED_COMPONENTS, METHOD_FN_MAX_LENGTH, Key, validate_method
+
+__all__ = [
+    "KEYED_COMPONENTS",
+    "METHOD_FN_MAX_LENGTH",
+    "MEIMethodMixin",
+    "MEISeedMixin",
+    "MEITemplateMixin",
+    "RequiredLink",
+    "TrainedEnsembleModelTemplateMixin",
+]
+
+
+class RequiredLink:
+    """A link to another table that the user's subclass must set, e.g. ``dataset_table``.
+
+    Reading it before it is set raises an ``AttributeError`` that says what to assign.
+    """
+
+    def __init__(self, example: str):
+        self.example = example
+        self.name = "?"
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        raise AttributeError(
+            f"{owner.__name__}.{self.name} is not set: assign the table class in your subclass, "
+            f"e.g. `{self.name} = {self.example}`, before decorating it with your schema"
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(example={self.example!r})"
+
+
+def _primary_key(table: Any) -> list[str]:
+    return list(table().primary_key if isinstance(table, type) else table.primary_key)
+
+
+class TrainedEnsembleModelTemplateMixin:
+    """An ensemble of trained models of one dataset, identified by ``ensemble_hash``.
+
+    Links: ``dataset_table`` (the dataset every member was trained on) and
+    ``trained_model_table`` (a table with ``load_model(key, include_dataloader,
+    include_state_dict)``, such as NNFabrik's ``TrainedModelBase`` subclasses).
+    """
+
+    definition = """
+    # contains ensemble ids
+    -> self.dataset_table
+    ensemble_hash                   : char(32)      # the hash of the ensemble
+    ---
+    ensemble_comment        = ''    : varchar(256)  # a short comment describing the ensemble
+    """
+
+    class Member:
+        """One trained model of an ensemble."""
+
+        definition = """
+        # contains assignments of trained models to a specific ensemble id
+        -> master
+        -> master.trained_model_table
+        """
+
+    dataset_table: Any = RequiredLink("Dataset")
+    trained_model_table: Any = RequiredLink("TrainedModel")
+    ensemble_model_class = EnsembleModel
+
+    def create_ensemble(self, key: Mapping[str, Any], comment: str = "") -> Key:
+        """Make an ensemble of every trained model that matches ``key``; return its key.
+
+        ``key`` must restrict ``dataset_table`` to exactly one entry; the members are the rows
+        of ``trained_model_table`` of that dataset that also match ``key``. ``ensemble_hash``
+        is :func:`mei.dj.hashing.hash_list_of_dictionaries` of the members' primary keys, so
+        the same members always give the same ensemble. Creating an existing ensemble again
+        returns its key and changes nothing.
+        """
+        datasets = backend().keys(self.dataset_table() & key)
+        if len(datasets) != 1:
+            raise ValueError(
+                f"key {dict(key)!r} must restrict {self.dataset_table.__name__} to exactly one "
+                f"entry, it matches {len(datasets)}"
+            )
+        [dataset_key] = datasets
+        members = backend().keys(self.trained_model_table() & dataset_key & key)
+        if not members:
+            raise ValueError(
+                f"no rows of {self.trained_model_table.__name__} match {dict(key)!r} for "
+                f"dataset {dataset_key!r}: an ensemble needs at least one trained model"
+            )
+        primary_key = dict(dataset_key, ensemble_hash=hash_list_of_dictionaries(members))
+        if self & primary_key:
+            return primary_key
+        with self.connection.transaction:
+            self.insert1(dict(primary_key, ensemble_comment=comment))
+            self.Member().insert([{**primary_key, **member} for member in members])
+        return primary_key
+
+    def member_keys(self, key: Mapping[str, Any] | None = None) -> list[Key]:
+        """The trained model keys of one ensemble, in a fixed order (sorted by their hash)."""
+        ensembles = backend().keys(self & key if key is not None else self)
+        if len(ensembles) != 1:
+            raise ValueError(
+                f"key {key!r} must select exactly one ensemble of {type(self).__name__}, "
+                f"it selects {len(ensembles)}"
+            )
+        names = _primary_key(self.trained_model_table)
+        members = [{n: m[n] for n in names} for m in backend().keys(self.Member() & ensembles[0])]
+        return sorted(members, key=make_hash)
+
+    def load_model(
+        self,
+        key: Mapping[str, Any] | None = None,
+        include_dataloader: bool = True,
+        include_state_dict: bool = True,
+    ) -> Any:
+        """``(dataloaders, EnsembleModel)`` of one ensemble (the model alone without loaders).
+
+        Each member comes from ``trained_model_table().load_model(key=member_key,
+        include_dataloader=..., include_state_dict=...)``; the dataloaders are the first
+        member's. ``key=None`` uses the ensemble this table is restricted to.
+        """
+        table = self.trained_model_table()
+        loaded = [
+            table.load_model(
+                key=member,
+                include_dataloader=include_dataloader,
+                include_state_dict=include_state_dict,
+            )
+            for member in self.member_keys(key)
+        ]
+        if not include_dataloader:
+            return self.ensemble_model_class(*loaded)
+        dataloaders = loaded[0][0]
+        return dataloaders, self.ensemble_model_class(*(model for _, model in loaded))
+
+
+class MEIMethodMixin:
+    """MEI methods: a method function (dotted path) and its config, keyed by the config hash."""
+
+    definition_template = """
+    # contains methods for generating MEIs and their configurations.
+    method_fn                           : varchar(64)   # name of the method function
+    method_hash                         : varchar(32)   # hash of the method config
+    ---
+    method_config                       : {blob}      # method configuration object
+    method_ts       = CURRENT_TIMESTAMP : {timestamp}     # UTZ timestamp at time of insertion
+    method_comment                      : varchar(256)  # a short comment describing the method
+    """
+
+    @property
+    def definition(self) -> str:
+        return self.definition_template.format(**backend().types)
+
+    def add_method(
+        self, method_fn: str, method_config: Mapping[str, Any], comment: str = ""
+    ) -> Key:
+        """Validate and insert a method; return its key ``{method_fn, method_hash}``.
+
+        ``method_hash`` is NNFabrik's ``make_hash(method_config)``, so rows made by the original
+        library match. The config is checked first (the path imports, the function's
+        ``validate_config`` accepts it): a broken config never reaches the table. Adding the
+        same function with the same config again returns the existing key and changes nothing
+        (the comment included); a different config with the same hash raises
+        :class:`mei.errors.ConfigError`.
+        """
+        validate_method(method_fn, method_config)
+        key = {"method_fn": method_fn, "method_hash": make_hash(method_config)}
+        existing = self & key
+        if existing:
+            stored = existing.fetch1("method_config")
+            try:
+                same = bool(stored == method_config)
+            except (TypeError, ValueError):  # e.g. array values: the equal hash decides
+                same = True
+            if not same:
+                raise ConfigError(
+                    f"method_config hashes to {key['method_hash']}, the hash of the different "
+                    f"stored config {stored!r}",
+                    path=method_fn,
+                )
+            return key
+        self.insert1(dict(key, method_config=method_config, method_comment=comment))
+        return key
+
+    @run.builtin
+    def generate_mei(self, dataloaders: Any, model: Any, key: Key, seed: int) -> dict[str, Any]:
+        """Run the method of ``key`` on ``model``; return ``dict(key, mei=, score=, output=)``.
+
+        The MEI table calls this for every key it computes alone (:func:`mei.dj.run.compute`).
+        A lab may override it; keys then always run one at a time through the override.
+        """
+        method_fn, method_config = (self & key).fetch1("method_fn", "method_config")
+        mei, score, output = run.run_method(method_fn, method_config, dataloaders, model, key, seed)
+        return dict(key, mei=mei, score=score, output=output)
+
+
+class MEISeedMixin:
+    """Seeds that make MEI generation reproducible."""
+
+    definition_template = """
+    # contains seeds used to make the MEI generation process reproducible
+    mei_seed    : {int}   # MEI seed
+    """
+
+    @property
+    def definition(self) -> str:
+        return self.definition_template.format(**backend().types)
+
+
+class MEITemplateMixin:
+    """MEIs: one per method x trained (ensemble) model x selected unit x seed.
+
+    Links: ``trained_model_table`` (has ``load_model(key)``), ``selector_table`` (has
+    ``get_output_selected_model(model, key)``), ``method_table`` and ``seed_table``.
+    ``mei`` and ``output`` are files written with ``torch.save`` into the store named by
+    ``storage``. Models are cached across keys, at most ``cache_size_limit`` of them.
+    """
+
+    definition_template = """
+    # contains maximally exciting images (MEIs)
+    -> self.method_table
+    -> self.trained_model_table
+    -> self.selector_table
+    -> self.seed_table
+    ---
+    mei                 : {file}  # the MEI as a tensor
+    score               : {float}         # some score depending on the used method function
+    output              : {file}  # object returned by the method function
+    """
+
+    trained_model_table: Any = RequiredLink("TrainedEnsembleModel")
+    selector_table: Any = RequiredLink("Selector")
+    storage = "minio"
+    cache_size_limit = 10
+    device: str | None = None
+    """Overrides the method configs' ``device`` when set (one worker per GPU: ``"cuda:1"``)."""
+
+    @property
+    def definition(self) -> str:
+        return self.definition_template.format(**backend().type_map(self.storage))
+
+    @property
+    def model_loader(self) -> ModelLoader:
+        """The model cache of this table object, made on first use."""
+        loader = self.__dict__.get("_model_loader")
+        if loader is None:
+            trained = self.trained_model_table
+
+            def load_model(key: Key) -> Any:
+                return trained().load_model(key=key)
+
+            loader = ModelLoader(load_model, _primary_key(trained), self.cache_size_limit)
+            self.__dict__["_model_loader"] = loader
+        return loader
+
+    def make_fetch(self, key: Key) -> tuple[str, Any, int]:
+        """The method and the seed of ``key`` (cheap; fetched again before inserting)."""
+        method_fn, method_config = (self.method_table() & key).fetch1("method_fn", "method_config")
+        seed = (self.seed_table() & key).fetch1("mei_seed")
+        return method_fn, method_config, int(seed)
+
+    def make_compute(
+        self, key: Key, method_fn: str, method_config: Any, seed: int
+    ) -> tuple[Tensor, float, Any]:
+        """Load (or reuse) the model, select the unit and run the method: no transaction.
+
+        See :func:`mei.dj.run.compute_key`.
+        """
+        return run.compute_key(self, key, (method_fn, method_config, seed))
+
+    def populate(self, *restrictions: Any, batch_size: int | None = None, **kwargs: Any) -> Any:
+        """DataJoint's ``populate``; with ``batch_size``, batched (see :func:`mei.dj.populate.populate`).
+
+        ``MEI().populate(batch_size=64, reserve_jobs=True)`` optimizes up to 64 neurons that share
+        method, model and seed in one engine run and inserts one row per key. With
+        ``batch_size`` the accepted keyword arguments are ``reserve_jobs``,
+        ``suppress_errors``, ``max_calls``, ``display_progress`` and ``order``.
+        """
+        if batch_size is None:
+            return super().populate(*restrictions, **kwargs)  # type: ignore[misc]
+        unknown = sorted(
+            set(kwargs)
+            - {"reserve_jobs", "suppress_errors", "max_calls", "display_progress", "order"}
+        )
+        if unknown:
+            raise TypeError(f"populate(batch_size=...) does not take {unknown}")
+        return _populate.populate(self, *restrictions, batch_size=batch_size, **kwargs)
+
+    def make_insert(self, key: Key, mei: Tensor, score: float, output: Any) -> None:
+        """Store ``mei`` and ``output`` as files and insert the row, or neither."""
+        backend().insert_with_files(
+            self, dict(key, score=score), {"mei": mei, "output": output}, self.storage
+        )
+
+    def load_mei(self, key: Mapping[str, Any] | None = None) -> Tensor:
+        """The stored MEI of one row as a tensor (``key=None``: this restricted table's row)."""
+        return backend().load_file(self & key if key is not None else self, "mei")
+
+    def load_output(self, key: Mapping[str, Any] | None = None) -> Any:
+        """The stored ``output`` of one row, e.g. ``{objective: {"times": [], "values": []}}``."""
+        return backend().load_file(self & key if key is not None else self, "output")

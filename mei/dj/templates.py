@@ -1,0 +1,121 @@
+"""mei's DataJoint tables: templates for your schema and two ready tables.
+
+Templates (undecorated; subclass them, set their links, decorate with your schema):
+
+- :class:`TrainedEnsembleModelTemplate` (with part ``Member``): links ``dataset_table`` and
+  ``trained_model_table`` (e.g. an NNFabrik ``TrainedModelBase`` subclass).
+- :class:`MEITemplate`: links ``trained_model_table`` (usually your TrainedEnsembleModel),
+  ``selector_table`` (maps a neuron to a model output, has ``get_output_selected_model``),
+  ``method_table`` (default :class:`MEIMethod`), ``seed_table`` (default :class:`MEISeed`);
+  files go to the store named by ``storage`` (default ``"minio"``).
+
+Ready tables: :class:`MEIMethod` and :class:`MEISeed` live in :data:`schema`. Importing this
+module connects to nothing; the schema is activated on first use of either table (or of a
+template that links them) under :meth:`mei.dj.backend.Backend.default_schema_name` — ``$MEI_SCHEMA_NAME``,
+else NNFabrik's core schema on DataJoint 0.14 (where the original library kept them), else
+``"mei"`` — unless :func:`activate` chose a name before.
+
+Works on DataJoint 2.x (PostgreSQL, MySQL/MariaDB) and 0.14.4+ (MySQL/MariaDB); connection
+settings come from DataJoint's own configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import datajoint as dj
+
+from . import tables
+from .backend import backend
+
+__all__ = [
+    "MEIMethod",
+    "MEISeed",
+    "MEITemplate",
+    "TrainedEnsembleModelTemplate",
+    "activate",
+    "schema",
+]
+
+schema = dj.Schema()
+"""The schema of :class:`MEIMethod` and :class:`MEISeed`; see :func:`activate`."""
+
+
+def activate(
+    schema_name: str | None = None,
+    *,
+    connection: Any = None,
+    create_schema: bool = True,
+    create_tables: bool = True,
+) -> str:
+    """Bind :class:`MEIMethod` and :class:`MEISeed` to the database schema ``schema_name``.
+
+    Call it before the tables are first used to choose their schema; without a name it uses
+    :meth:`mei.dj.backend.Backend.default_schema_name`. Activating again with the same name does nothing; a
+    different name raises DataJoint's error. Returns the schema name.
+    """
+    name = schema_name or backend().default_schema_name()
+    schema.activate(
+        name, connection=connection, create_schema=create_schema, create_tables=create_tables
+    )
+    return name
+
+
+def _ensure_activated() -> None:
+    if not schema.is_activated():
+        activate()
+
+
+class _ActivatesSchema:
+    """Activates :data:`schema` (default name) when the table is first instantiated."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        _ensure_activated()
+        super().__init__(*args, **kwargs)
+
+
+class _DefaultTable:
+    """A template's default link to one of this module's tables, activating it when read."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type) -> type:
+        _ensure_activated()
+        return globals()[self.name]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+@schema
+class MEISeed(_ActivatesSchema, tables.MEISeedMixin, dj.Lookup):
+    """Seed table for MEI methods."""
+
+
+@schema
+class MEIMethod(_ActivatesSchema, tables.MEIMethodMixin, dj.Lookup):
+    """MEI methods and their configurations; add rows with :meth:`add_method`."""
+
+
+class TrainedEnsembleModelTemplate(tables.TrainedEnsembleModelTemplateMixin, dj.Manual):
+    """TrainedEnsembleModel table template.
+
+    Subclass it, set ``dataset_table`` and ``trained_model_table`` and decorate it with your
+    schema. Then :meth:`create_ensemble` makes ensembles and :meth:`load_model` loads them.
+    """
+
+    class Member(tables.TrainedEnsembleModelTemplateMixin.Member, dj.Part):
+        """Member table template."""
+
+
+class MEITemplate(tables.MEITemplateMixin, dj.Computed):
+    """MEI table template.
+
+    Subclass it, set ``trained_model_table`` and ``selector_table`` (and, to use other tables
+    than this module's, ``method_table`` and ``seed_table``), decorate it with your schema and
+    ``populate()`` it. :meth:`load_mei` and :meth:`load_output` read results back.
+    """
+
+    method_table: Any = _DefaultTable("MEIMethod")
+    seed_table: Any = _DefaultTable("MEISeed")
