@@ -136,7 +136,7 @@ class MEI:
                 x.grad = preconditioned
             if not first:
                 first.update(
-                    transformed=transformed.detach(),
+                    transformed=_as_seen(transformed.detach(), x, input_before),
                     evaluation=evaluation.detach(),
                     reg_term=None if reg_term is None else reg_term.detach(),
                     grad=grad.detach(),
@@ -163,16 +163,13 @@ class MEI:
                 x.copy_(torch.where(self._frozen, self._frozen_values, x))
             self._nonfinite |= ~torch.isfinite(first["evaluation"])
 
-        transformed = first["transformed"]
-        if transformed.data_ptr() == x.data_ptr():  # identity transform: x changed since
-            transformed = input_before
         self.i_iter += 1
         return StepRecord(
             i_iter=i,
             evaluation=first["evaluation"],
             reg_term=first["reg_term"],
             input_=input_before,
-            transformed_input=transformed,
+            transformed_input=first["transformed"],
             post_processed_input=x.detach().clone(),
             grad=first["grad"],
             preconditioned_grad=first["preconditioned"],
@@ -225,6 +222,46 @@ def _takes_closure(optimizer: Any) -> bool:
         return "closure" in inspect.signature(optimizer.step).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _as_seen(transformed: Tensor, x: Tensor, input_before: Tensor) -> Tensor:
+    """``transformed`` as the model saw it, safe from the in-place updates of ``x`` to come.
+
+    A transform may return ``x`` itself or a view of it (``x.expand(...)``, ``x[..., :h, :w]``);
+    the optimizer and the postprocessing then change what such a view shows. Such a view is
+    re-created on ``input_before`` (a copy of ``x`` with the same strides, taken before the
+    step): same shape, strides and offset, no copy, no device sync. A tensor that shares
+    ``x``'s memory in a way that cannot be re-created there is copied now.
+    """
+    if transformed.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+        return transformed  # a new tensor: the step does not change it
+    if (
+        transformed.shape == x.shape
+        and transformed.stride() == x.stride()
+        and transformed.storage_offset() == x.storage_offset()
+    ):
+        return input_before  # identity
+    offset = transformed.storage_offset() - x.storage_offset()
+    same_layout = input_before.stride() == x.stride() and transformed.dtype == x.dtype
+    if same_layout and _within(transformed, x):
+        return input_before.as_strided(
+            transformed.shape, transformed.stride(), input_before.storage_offset() + offset
+        )
+    return transformed.clone()
+
+
+def _within(view: Tensor, base: Tensor) -> bool:
+    """Whether every element of ``view`` lies in the storage span of the dense ``base``."""
+
+    def span(t: Tensor) -> tuple[int, int]:
+        last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+        return t.storage_offset(), t.storage_offset() + last
+
+    if view.numel() == 0:
+        return True
+    low, high = span(view)
+    base_low, base_high = span(base)
+    return base.numel() > 0 and base_low <= low and high <= base_high
 
 
 def _describe(value: Any) -> str:
