@@ -34,10 +34,12 @@ class PerElementRandom(Component):
         self._generators = [torch.Generator().manual_seed(s) for s in self._seeds]
 
     def _generators_for(self, batch_size: int) -> list[torch.Generator]:
-        if self._generators is None or len(self._generators) != batch_size:
-            seeds = torch.randint(0, 2**62, (batch_size,)).tolist()
-            self.reseed(seeds)
-        return self._generators
+        generators = self._generators
+        if generators is None or len(generators) != batch_size:
+            self.reseed(torch.randint(0, 2**62, (batch_size,)).tolist())
+            generators = self._generators
+            assert generators is not None  # reseed set them
+        return generators
 
     def _draw_ints(self, batch_size: int, low: int, high: int) -> list[int]:
         """One integer in ``[low, high]`` per element."""

@@ -23,14 +23,27 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
+from torch import Tensor
 
 from .errors import ConfigError
 from .import_helpers import import_object
+from .typing import (
+    InitialGuess,
+    Objective,
+    OptimizerFactory,
+    PostProcessing,
+    Precondition,
+    Regularization,
+    Stopper,
+    Transform,
+)
+
+T = TypeVar("T")
 
 REQUIRED_KEYS = ("device", "initial", "optimizer", "stopper")
 OPTIONAL_KEYS = ("transform", "regularization", "precondition", "postprocessing", "objectives")
@@ -57,15 +70,15 @@ ELEMENTWISE_OPTIMIZERS = frozenset(
 
 
 @dataclass(frozen=True)
-class ComponentSpec:
+class ComponentSpec(Generic[T]):
     """One resolved config entry: ``build()`` makes a fresh component each time."""
 
     key: str
     path: str
     kwargs: dict[str, Any]
-    factory: Any = field(repr=False)
+    factory: Callable[..., T] = field(repr=False)
 
-    def build(self, **extra: Any) -> Any:
+    def build(self, **extra: Any) -> T:
         try:
             return self.factory(**extra, **copy.deepcopy(self.kwargs))
         except Exception as e:
@@ -77,21 +90,22 @@ class MethodConfig:
     """A validated config: the device and one :class:`ComponentSpec` per component."""
 
     device: torch.device
-    initial: ComponentSpec
-    optimizer: ComponentSpec
-    stopper: ComponentSpec
-    transform: ComponentSpec | None = None
-    regularization: ComponentSpec | None = None
-    precondition: ComponentSpec | None = None
-    postprocessing: ComponentSpec | None = None
-    objectives: tuple[ComponentSpec, ...] = ()
+    # a legacy initial guess takes only ``*shape`` (see mei.methods.draw_initial)
+    initial: ComponentSpec[InitialGuess | Callable[..., Tensor]]
+    optimizer: ComponentSpec[torch.optim.Optimizer]
+    stopper: ComponentSpec[Stopper]
+    transform: ComponentSpec[Transform] | None = None
+    regularization: ComponentSpec[Regularization] | None = None
+    precondition: ComponentSpec[Precondition] | None = None
+    postprocessing: ComponentSpec[PostProcessing] | None = None
+    objectives: tuple[ComponentSpec[Objective], ...] = ()
 
     @property
     def batchable(self) -> bool:
         """Whether MEIs can share one run: the optimizer updates each tensor element from that
         element's gradients alone (the optimizers in ``ELEMENTWISE_OPTIMIZERS``, or a custom
         optimizer class with the attribute ``elementwise = True``)."""
-        factory = self.optimizer.factory
+        factory: OptimizerFactory = self.optimizer.factory
         return getattr(factory, "elementwise", False) is True or any(
             factory is cls for cls in _elementwise_classes()
         )
@@ -139,7 +153,7 @@ def _accepts(obj: Any, names: list[str]) -> list[str]:
     return [n for n in names if n not in accepted]
 
 
-def _resolve_entry(key: str, entry: Any) -> ComponentSpec:
+def _resolve_entry(key: str, entry: Any) -> ComponentSpec[Any]:
     if not isinstance(entry, Mapping):
         raise ConfigError(
             f"expected an entry {{'path': ..., 'kwargs': {{...}}}}, got {entry!r}", key=key
@@ -173,7 +187,7 @@ def _resolve_entry(key: str, entry: Any) -> ComponentSpec:
     return ComponentSpec(key=key, path=path, kwargs=copy.deepcopy(dict(kwargs)), factory=factory)
 
 
-def _check_built(spec: ComponentSpec) -> None:
+def _check_built(spec: ComponentSpec[Any]) -> None:
     """Build the component once, so bad kwarg values fail now, not at step one."""
     if spec.key == "optimizer":
         probe = torch.zeros(1, requires_grad=True)
@@ -220,7 +234,7 @@ def resolve_config(config: Mapping[str, Any]) -> MethodConfig:
     objectives = config.get("objectives") or []
     if not isinstance(objectives, (list, tuple)):
         raise ConfigError(f"expected a list of entries, got {objectives!r}", key="objectives")
-    specs = []
+    specs: list[ComponentSpec[Objective]] = []
     for i, entry in enumerate(objectives):
         spec = _resolve_entry(f"objectives[{i}]", entry)
         _check_built(spec)

@@ -9,7 +9,7 @@ and copy to the CPU only the attributes somebody reads, so a stopper that looks 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -77,6 +77,20 @@ class State:
     """
 
     __slots__ = ("_values", "_record", "_index")
+    _values: dict[str, Any]
+    _record: StepRecord | None
+    _index: int
+
+    if TYPE_CHECKING:  # the fields, served by __getattr__
+        i_iter: int
+        evaluation: float
+        reg_term: float
+        input_: Tensor
+        transformed_input: Tensor
+        post_processed_input: Tensor
+        grad: Tensor
+        preconditioned_grad: Tensor
+        stopper_output: Any
 
     def __init__(
         self,
@@ -116,6 +130,8 @@ class State:
     def _get(self, name: str) -> Any:
         values = self._values
         if name not in values:
+            # only a lazy State lacks values; one built by hand has them all
+            assert self._record is not None
             values[name] = self._record.element(name, self._index)
         return values[name]
 
@@ -181,7 +197,10 @@ class Input:
 
     @property
     def cloned_grad(self) -> Tensor:
-        return self.tensor.grad.detach().cpu().clone()
+        grad = self.tensor.grad
+        if grad is None:
+            raise AttributeError("the input has no gradient yet: run a backward pass first")
+        return grad.detach().cpu().clone()
 
     @property
     def cloned_data(self) -> Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -35,6 +36,6 @@ def dynamic_import(abs_module_path: str, class_name: str) -> Any:
     return import_object(f"{abs_module_path}.{class_name}")
 
 
-def import_path(path: str, kwargs: dict | None = None) -> Any:
+def import_path(path: str, kwargs: Mapping[str, Any] | None = None) -> Any:
     """Import the object at ``path`` and call it with ``kwargs``."""
     return import_object(path)(**(kwargs or {}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -79,7 +80,7 @@ class RandomUniform(InitialGuessCreator):
 class FromTensor(InitialGuessCreator):
     """Start from a given tensor (e.g. a stored MEI), broadcast to the requested shape."""
 
-    def __init__(self, tensor):
+    def __init__(self, tensor: Any):  # anything torch.as_tensor takes
         self.tensor = torch.as_tensor(tensor).detach().clone().float()
 
     def __call__(self, *shape: int, generator: torch.Generator | None = None) -> Tensor:

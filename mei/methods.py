@@ -9,25 +9,28 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 
-from .config import MethodConfig, resolve_config, validate_config
+from .config import ComponentSpec, MethodConfig, resolve_config, validate_config
 from .errors import ComponentError, ConfigError
 from .modules import ConstrainedOutputModel, UnitPerElement
 from .optimization import MEI, optimize
 from .progress import progress_bar
 from .tracking import Tracker
+from .typing import Dataloaders, InitialGuess, Model
 
 logger = logging.getLogger(__name__)
 
-Result = tuple[Tensor, float, dict[str, dict[str, list]]]
+T = TypeVar("T")
+
+Result = tuple[Tensor, float, dict[str, dict[str, list[Any]]]]
 
 
-def get_input_shape(dataloaders: Mapping[str, Any]) -> tuple[int, ...]:
+def get_input_shape(dataloaders: Dataloaders) -> tuple[int, ...]:
     """The input shape ``(1, C, H, W)`` of an NNFabrik-style loader dict.
 
     Reads the first batch of the first loader of the ``"train"`` tier (or of the first tier):
@@ -56,7 +59,7 @@ def get_input_shape(dataloaders: Mapping[str, Any]) -> tuple[int, ...]:
     return (1, *batch.shape[1:])
 
 
-def _normalize_shape(dataloaders: Any, shape: Sequence[int] | None) -> tuple[int, ...]:
+def _normalize_shape(dataloaders: Dataloaders, shape: Sequence[int] | None) -> tuple[int, ...]:
     if shape is None:
         return get_input_shape(dataloaders)
     shape = tuple(int(s) for s in shape)
@@ -73,7 +76,9 @@ def _accepts_generator(fn: Any) -> bool:
     return any(p.name == "generator" or p.kind is p.VAR_KEYWORD for p in params)
 
 
-def draw_initial(initial: Any, shape: tuple[int, ...], seed: int) -> Tensor:
+def draw_initial(
+    initial: InitialGuess | Callable[..., Tensor], shape: tuple[int, ...], seed: int
+) -> Tensor:
     """Element start for ``seed``: drawn on the CPU from a generator seeded with ``seed``."""
     if _accepts_generator(initial):
         guess = initial(*shape, generator=torch.Generator().manual_seed(int(seed)))
@@ -90,7 +95,7 @@ def draw_initial(initial: Any, shape: tuple[int, ...], seed: int) -> Tensor:
 
 
 @contextlib.contextmanager
-def _prepared_model(model: Any, device: torch.device) -> Iterator[None]:
+def _prepared_model(model: Model, device: torch.device) -> Iterator[None]:
     """Eval mode and frozen parameters for the run; both restored afterwards.
 
     The model is moved to ``device`` if its parameters are elsewhere (it stays there).
@@ -120,9 +125,20 @@ def _rng_devices(device: torch.device) -> list[int]:
     return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
+def _build_seeded(spec: ComponentSpec[T] | None, seeds: Sequence[int]) -> T | None:
+    """Build ``spec``'s component; a random one draws element ``b``'s numbers from
+    ``seeds[b] + 1``."""
+    if spec is None:
+        return None
+    component = spec.build()
+    if hasattr(component, "reseed"):
+        component.reseed([s + 1 for s in seeds])
+    return component
+
+
 def run_batch(
     method: MethodConfig,
-    model: Any,
+    model: Model,
     shape: tuple[int, ...],
     seeds: Sequence[int],
     *,
@@ -138,12 +154,10 @@ def run_batch(
     start = torch.cat([draw_initial(initial, shape, s) for s in seeds])
     x = start.to(device).requires_grad_(True)
     optimizer = method.optimizer.build(params=[x])
-    components = {}
-    for key in ("transform", "regularization", "precondition", "postprocessing"):
-        spec = getattr(method, key)
-        components[key] = spec.build() if spec is not None else None
-        if hasattr(components[key], "reseed"):
-            components[key].reseed([s + 1 for s in seeds])
+    transform = _build_seeded(method.transform, seeds)
+    regularization = _build_seeded(method.regularization, seeds)
+    precondition = _build_seeded(method.precondition, seeds)
+    postprocessing = _build_seeded(method.postprocessing, seeds)
     stoppers = [method.stopper.build() for _ in seeds]
     trackers = [Tracker(**{s.path: s.build() for s in method.objectives}) for _ in seeds]
     total = getattr(stoppers[0], "num_iterations", None)
@@ -155,15 +169,23 @@ def run_batch(
         ) as bar,
     ):
         torch.manual_seed(seeds[0])
-        mei = MEI(model, x, optimizer, **components)
+        mei = MEI(
+            model,
+            x,
+            optimizer,
+            transform=transform,
+            regularization=regularization,
+            precondition=precondition,
+            postprocessing=postprocessing,
+        )
         scores, inputs = optimize(mei, stoppers, trackers, progress=bar)
     inputs = inputs.cpu()
     return [(inputs[b : b + 1].clone(), scores[b], trackers[b].log) for b in range(len(seeds))]
 
 
 def gradient_ascent(
-    dataloaders: Mapping[str, Any] | None,
-    model: Any,
+    dataloaders: Dataloaders,
+    model: Model,
     config: Mapping[str, Any],
     seed: int,
     *,
@@ -189,7 +211,7 @@ gradient_ascent.validate_config = validate_config  # type: ignore[attr-defined]
 
 
 def gradient_ascent_units(
-    dataloaders: Mapping[str, Any] | None,
+    dataloaders: Dataloaders,
     model: nn.Module,
     config: Mapping[str, Any],
     seed: int | Sequence[int],
@@ -197,7 +219,7 @@ def gradient_ascent_units(
     *,
     shape: Sequence[int] | None = None,
     batch_size: int | None = None,
-    target_fn: Any = None,
+    target_fn: Callable[[Tensor], Tensor] | None = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     progress: bool | None = None,
 ) -> list[Result]:
@@ -213,7 +235,10 @@ def gradient_ascent_units(
     method = resolve_config(config)
     shape = _normalize_shape(dataloaders, shape)
     units = [int(u) for u in units]
-    seeds = [int(s) for s in seed] if hasattr(seed, "__len__") else [int(seed)] * len(units)
+    if hasattr(seed, "__len__"):  # a sequence, array or tensor of seeds
+        seeds = [int(s) for s in cast(Sequence[int], seed)]
+    else:
+        seeds = [int(seed)] * len(units)
     if len(seeds) != len(units):
         raise ValueError(f"got {len(seeds)} seeds for {len(units)} units")
     if batch_size is not None and batch_size < 1:
@@ -227,6 +252,7 @@ def gradient_ascent_units(
     results: list[Result] = []
     for start in range(0, len(units), size):
         chunk, chunk_seeds = units[start : start + size], seeds[start : start + size]
+        wrapped: nn.Module
         if len(chunk) == 1:
             wrapped = ConstrainedOutputModel(model, chunk[0], target_fn, dict(forward_kwargs or {}))
         else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ class ConstrainedOutputModel(nn.Module):
         model: nn.Module,
         constraint: Any,
         target_fn: Callable[[Tensor], Tensor] | None = None,
-        forward_kwargs: dict[str, Any] | None = None,
+        forward_kwargs: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.model = model
@@ -70,7 +70,7 @@ class UnitPerElement(nn.Module):
         model: nn.Module,
         units: Sequence[int],
         target_fn: Callable[[Tensor], Tensor] | None = None,
-        forward_kwargs: dict[str, Any] | None = None,
+        forward_kwargs: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.model = model

@@ -13,8 +13,8 @@ detected on the device and reported every ``check_every`` steps and at the end.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol, cast, overload
 
 import torch
 from torch import Tensor
@@ -23,6 +23,13 @@ from .domain import Input, State, StepRecord
 from .errors import ComponentError, ModelError, NonFiniteError
 from .tracking import Tracker
 from .transforms import final_transform
+from .typing import Model, PostProcessing, Precondition, Regularization, Stopper, Transform
+
+
+class Progress(Protocol):
+    """A progress display such as a tqdm bar: ``update(n)`` is called once per step."""
+
+    def update(self, n: int) -> Any: ...
 
 
 class MEI:
@@ -36,13 +43,13 @@ class MEI:
 
     def __init__(
         self,
-        func: Callable[[Tensor], Tensor],
+        func: Model,
         initial: Tensor | Input,
-        optimizer: Any,
-        transform: Callable | None = None,
-        regularization: Callable | None = None,
-        precondition: Callable | None = None,
-        postprocessing: Callable | None = None,
+        optimizer: torch.optim.Optimizer,
+        transform: Transform | None = None,
+        regularization: Regularization | None = None,
+        precondition: Precondition | None = None,
+        postprocessing: PostProcessing | None = None,
     ):
         self.func = func
         self._input = initial.tensor if isinstance(initial, Input) else initial
@@ -54,8 +61,8 @@ class MEI:
         self.precondition = precondition
         self.postprocessing = postprocessing
         self.i_iter = 0
-        self._frozen: Tensor | None = None  # (B,) bool: elements that stopped
-        self._frozen_values: Tensor | None = None
+        # (mask (B, 1, ...) bool, values): the elements that stopped and their inputs
+        self._frozen: tuple[Tensor, Tensor] | None = None
         self._closure_step = _takes_closure(optimizer)
         self._nonfinite = torch.zeros(len(self._input), dtype=torch.bool, device=self._input.device)
 
@@ -89,7 +96,8 @@ class MEI:
     def _regularize(self, transformed: Tensor) -> Tensor | None:
         if self.regularization is None:
             return None
-        term = self.regularization(transformed, self.i_iter)
+        # components written for the original library may return a float for a batch of one
+        term: Tensor | float = self.regularization(transformed, self.i_iter)
         if not isinstance(term, Tensor):
             term = torch.as_tensor(term, dtype=transformed.dtype, device=transformed.device)
         if term.dim() == 0 and self.batch_size == 1:
@@ -121,7 +129,7 @@ class MEI:
             reg_term = self._regularize(transformed)
             objective = evaluation if reg_term is None else evaluation - reg_term
             loss = -objective.sum()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             grad = x.grad
             if grad is None:
                 raise ModelError("the model's output does not depend on its input (no gradient)")
@@ -136,7 +144,7 @@ class MEI:
                 x.grad = preconditioned
             if not first:
                 first.update(
-                    transformed=transformed.detach(),
+                    transformed=_as_seen(transformed.detach(), x, input_before),
                     evaluation=evaluation.detach(),
                     reg_term=None if reg_term is None else reg_term.detach(),
                     grad=grad.detach(),
@@ -145,7 +153,8 @@ class MEI:
             return loss
 
         if self._closure_step:
-            self.optimizer.step(closure)
+            # torch types the closure as returning a float; its optimizers take the loss tensor
+            self.optimizer.step(closure)  # type: ignore[arg-type]
         else:
             closure()
             self.optimizer.step()
@@ -160,19 +169,17 @@ class MEI:
                     )
                 x.copy_(processed)
             if self._frozen is not None:
-                x.copy_(torch.where(self._frozen, self._frozen_values, x))
+                mask, values = self._frozen
+                x.copy_(torch.where(mask, values, x))
             self._nonfinite |= ~torch.isfinite(first["evaluation"])
 
-        transformed = first["transformed"]
-        if transformed.data_ptr() == x.data_ptr():  # identity transform: x changed since
-            transformed = input_before
         self.i_iter += 1
         return StepRecord(
             i_iter=i,
             evaluation=first["evaluation"],
             reg_term=first["reg_term"],
             input_=input_before,
-            transformed_input=transformed,
+            transformed_input=first["transformed"],
             post_processed_input=x.detach().clone(),
             grad=first["grad"],
             preconditioned_grad=first["preconditioned"],
@@ -183,11 +190,11 @@ class MEI:
         x = self._input.detach()
         if self._frozen is None:
             mask_shape = (len(x),) + (1,) * (x.dim() - 1)
-            self._frozen = torch.zeros(mask_shape, dtype=torch.bool, device=x.device)
-            self._frozen_values = x.clone()
+            self._frozen = (torch.zeros(mask_shape, dtype=torch.bool, device=x.device), x.clone())
+        mask, values = self._frozen
         index = torch.as_tensor(list(indices), dtype=torch.long, device=x.device)
-        self._frozen[index] = True
-        self._frozen_values[index] = x[index]
+        mask[index] = True
+        values[index] = x[index]
 
     def check_finite(self) -> None:
         """Raise :class:`~mei.errors.NonFiniteError` if any evaluation so far was NaN or inf."""
@@ -227,20 +234,82 @@ def _takes_closure(optimizer: Any) -> bool:
         return False
 
 
+def _as_seen(transformed: Tensor, x: Tensor, input_before: Tensor) -> Tensor:
+    """``transformed`` as the model saw it, safe from the in-place updates of ``x`` to come.
+
+    A transform may return ``x`` itself or a view of it (``x.expand(...)``, ``x[..., :h, :w]``);
+    the optimizer and the postprocessing then change what such a view shows. Such a view is
+    re-created on ``input_before`` (a copy of ``x`` with the same strides, taken before the
+    step): same shape, strides and offset, no copy, no device sync. A tensor that shares
+    ``x``'s memory in a way that cannot be re-created there is copied now.
+    """
+    if transformed.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+        return transformed  # a new tensor: the step does not change it
+    if (
+        transformed.shape == x.shape
+        and transformed.stride() == x.stride()
+        and transformed.storage_offset() == x.storage_offset()
+    ):
+        return input_before  # identity
+    offset = transformed.storage_offset() - x.storage_offset()
+    same_layout = input_before.stride() == x.stride() and transformed.dtype == x.dtype
+    if same_layout and _within(transformed, x):
+        return input_before.as_strided(
+            transformed.shape, transformed.stride(), input_before.storage_offset() + offset
+        )
+    return transformed.clone()
+
+
+def _within(view: Tensor, base: Tensor) -> bool:
+    """Whether every element of ``view`` lies in the storage span of the dense ``base``."""
+
+    def span(t: Tensor) -> tuple[int, int]:
+        last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+        return int(t.storage_offset()), int(t.storage_offset() + last)
+
+    if view.numel() == 0:
+        return True
+    low, high = span(view)
+    base_low, base_high = span(base)
+    return base.numel() > 0 and base_low <= low and high <= base_high
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, Tensor):
         return f"shape {tuple(value.shape)}"
     return type(value).__name__
 
 
+@overload
 def optimize(
     mei: MEI,
-    stopper: Any,
+    stopper: Stopper,
+    tracker: Tracker,
+    *,
+    check_every: int = ...,
+    progress: Progress | None = ...,
+) -> tuple[float, Tensor]: ...
+
+
+@overload
+def optimize(
+    mei: MEI,
+    stopper: Sequence[Stopper],
+    tracker: Sequence[Tracker],
+    *,
+    check_every: int = ...,
+    progress: Progress | None = ...,
+) -> tuple[list[float], Tensor]: ...
+
+
+def optimize(
+    mei: MEI,
+    stopper: Stopper | Sequence[Stopper],
     tracker: Tracker | Sequence[Tracker],
     *,
     check_every: int = 25,
-    progress: Any = None,
-) -> tuple[Any, Tensor]:
+    progress: Progress | None = None,
+) -> tuple[float | list[float], Tensor]:
     """Step ``mei`` until its stoppers say stop; return ``(score, input)``.
 
     With one stopper and tracker (a batch of one) the result is ``(float, Tensor (1, ...))``.
@@ -250,8 +319,8 @@ def optimize(
     inputs. ``progress`` is an object with ``update(n)`` (e.g. a tqdm bar), called per step.
     """
     single = not isinstance(stopper, (list, tuple))
-    stoppers = [stopper] if single else list(stopper)
-    trackers = [tracker] if single else list(tracker)
+    stoppers = [cast(Stopper, stopper)] if single else list(cast(Sequence[Stopper], stopper))
+    trackers = [cast(Tracker, tracker)] if single else list(cast(Sequence[Tracker], tracker))
     if len(stoppers) != mei.batch_size or len(trackers) != mei.batch_size:
         raise ValueError(
             f"need one stopper and one tracker per batch element ({mei.batch_size}), got "

@@ -7,6 +7,7 @@ images without penalizing them. All operations act on each batch element separat
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ def _gaussian_window(
 
 def gaussian_blur(
     x: Tensor,
-    sigma: float | tuple[float, float],
+    sigma: float | Sequence[float],
     truncate: float = 4.0,
     pad_mode: str = "reflect",
 ) -> Tensor:
@@ -72,7 +73,7 @@ class GaussianBlur(Component):
 
     def __init__(
         self,
-        sigma: float | tuple[float, float],
+        sigma: float | Sequence[float],
         decay_factor: float | None = None,
         truncate: float = 4,
         pad_mode: str = "reflect",
@@ -97,7 +98,8 @@ class GaussianBlur(Component):
         sigmas = self._sigmas
         if self.decay_factor is not None:
             i = 0 if i_iteration is None else i_iteration
-            sigmas = tuple(s + self.decay_factor * (i - 1) for s in sigmas)
+            sigma_y, sigma_x = (s + self.decay_factor * (i - 1) for s in sigmas)
+            sigmas = (sigma_y, sigma_x)
             if min(sigmas) <= 0:
                 return x
         return gaussian_blur(x, sigmas, self.truncate, self.pad_mode)
@@ -114,7 +116,8 @@ def fourier_smoothing(x: Tensor, freq_exp: float) -> Tensor:
     freq_x = torch.fft.rfftfreq(w, device=x.device)
     norm_freq = torch.sqrt(freq_y[:, None] ** 2 + freq_x[None, :] ** 2) * 2**0.5
     mask = (1 - norm_freq).clamp(min=0) ** freq_exp
-    return torch.fft.irfft2(torch.fft.rfft2(x) * mask.to(x.dtype), s=(h, w))
+    smoothed: Tensor = torch.fft.irfft2(torch.fft.rfft2(x) * mask.to(x.dtype), s=(h, w))
+    return smoothed
 
 
 class FourierSmoothing(Component):

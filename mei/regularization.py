@@ -6,12 +6,15 @@ batched run penalizes each MEI exactly as a run of its own would.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from ._components import Component, build, per_element
+from .typing import Regularization
 
 
 def total_variation(x: Tensor, isotropic: bool = False, eps: float = 1e-8) -> Tensor:
@@ -48,7 +51,9 @@ class LpNorm(Component):
         self.p = p
 
     def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
-        return self.weight * torch.linalg.vector_norm(per_element(x), ord=self.p, dim=-1)
+        norms = torch.linalg.vector_norm(per_element(x), ord=self.p, dim=-1)
+        result: Tensor = self.weight * norms  # torch types float * Tensor as Any
+        return result
 
 
 class L2ToReference(Component):
@@ -58,7 +63,8 @@ class L2ToReference(Component):
     written with ``torch.save``.
     """
 
-    def __init__(self, reference, weight: float = 1.0):
+    def __init__(self, reference: Any, weight: float = 1.0):
+        tensor: Tensor
         if isinstance(reference, (str, Path)):
             self.reference = str(reference)
             tensor = torch.load(reference, map_location="cpu", weights_only=True)
@@ -80,7 +86,11 @@ class WeightedSum(Component):
     defaults to 1); ``weights`` optionally gives the weights as a separate list.
     """
 
-    def __init__(self, regularizations: list, weights: list[float] | None = None):
+    def __init__(
+        self,
+        regularizations: Sequence[Regularization | dict[str, Any]],
+        weights: Sequence[float] | None = None,
+    ):
         if not regularizations:
             raise ValueError("regularizations must not be empty")
         if weights is None:
@@ -95,10 +105,10 @@ class WeightedSum(Component):
             {k: v for k, v in r.items() if k != "weight"} if isinstance(r, dict) else r
             for r in regularizations
         ]
-        self.regularizations = [build(r) for r in specs]
+        self.regularizations: list[Regularization] = [build(r) for r in specs]
         self.weights = [float(w) for w in weights]
 
     def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
-        return sum(
-            w * r(x, i_iteration) for w, r in zip(self.weights, self.regularizations, strict=True)
-        )
+        step = cast(int, i_iteration)  # None (a call by hand) is passed on as it is
+        terms = (w * r(x, step) for w, r in zip(self.weights, self.regularizations, strict=True))
+        return cast(Tensor, sum(terms))  # never the start value 0: there is at least one term

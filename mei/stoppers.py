@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 from .domain import State
 from .import_helpers import import_path
+from .typing import Stopper
 
 
 class OptimizationStopper(ABC):
@@ -84,10 +86,10 @@ class AnyStopper(OptimizationStopper):
     Every stopper is called at every step, so each keeps its own state up to date.
     """
 
-    def __init__(self, stoppers: list):
+    def __init__(self, stoppers: Sequence[Stopper | dict[str, Any]]):
         if not stoppers:
             raise ValueError("stoppers must name at least one stopper, got an empty list")
-        self.stoppers = [
+        self.stoppers: list[Stopper] = [
             import_path(s["path"], s.get("kwargs")) if isinstance(s, dict) else s for s in stoppers
         ]
 

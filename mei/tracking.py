@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .domain import State
+from .typing import Objective
 
 
 class Tracker:
@@ -14,9 +15,9 @@ class Tracker:
     are not logged.
     """
 
-    def __init__(self, **objectives: Any):
+    def __init__(self, **objectives: Objective):
         self.objectives = objectives
-        self.log: dict[str, dict[str, list]] = {
+        self.log: dict[str, dict[str, list[Any]]] = {
             name: {"times": [], "values": []} for name in objectives
         }
 

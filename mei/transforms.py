@@ -8,13 +8,15 @@ transform may define ``final(x, i_iteration)``, the deterministic version used t
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ._components import Component, PerElementRandom, build
+from .typing import Transform
 
 
 def _pair(value: Any, name: str) -> tuple[int, int]:
@@ -24,10 +26,13 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
     return int(values[0]), int(values[1])
 
 
-def final_transform(transform: Any, x: Tensor, i_iteration: int) -> Tensor:
+def final_transform(transform: Transform, x: Tensor, i_iteration: int) -> Tensor:
     """Apply ``transform`` deterministically: its ``final`` if it has one, else itself."""
     final = getattr(transform, "final", None)
-    return final(x, i_iteration) if final is not None else transform(x, i_iteration)
+    if final is None:
+        return transform(x, i_iteration)
+    result: Tensor = final(x, i_iteration)
+    return result
 
 
 class Identity(Component):
@@ -141,20 +146,22 @@ class ChangeRange(Component):
 class Compose(Component):
     """Apply several transforms in order; each is an object or a ``{"path", "kwargs"}`` entry."""
 
-    def __init__(self, transforms: list):
-        self.transforms = [build(t) for t in transforms]
+    def __init__(self, transforms: Sequence[Transform | dict[str, Any]]):
+        self.transforms: list[Transform] = [build(t) for t in transforms]
 
     def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
+        step = cast(int, i_iteration)  # None (a call by hand) is passed on as it is
         for transform in self.transforms:
-            x = transform(x, i_iteration)
+            x = transform(x, step)
         return x
 
-    def reseed(self, seeds) -> None:
+    def reseed(self, seeds: Sequence[int]) -> None:
         for transform in self.transforms:
             if hasattr(transform, "reseed"):
                 transform.reseed(seeds)
 
     def final(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
+        step = cast(int, i_iteration)  # None (a call by hand) is passed on as it is
         for transform in self.transforms:
-            x = final_transform(transform, x, i_iteration)
+            x = final_transform(transform, x, step)
         return x

@@ -41,7 +41,8 @@ def _grid(size: tuple[int, int]) -> tuple[Tensor, Tensor]:
     height, width = size
     ys = torch.arange(height, dtype=torch.float64)
     xs = torch.arange(width, dtype=torch.float64)
-    return torch.meshgrid(ys, xs, indexing="ij")
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return grid_y, grid_x
 
 
 def _check_size(size: Sequence[int]) -> tuple[int, int]:
@@ -110,7 +111,8 @@ def center_surround(
 
 
 def _unit_norm(x: Tensor) -> Tensor:
-    return (x / torch.linalg.vector_norm(x)).to(torch.float32)
+    scaled: Tensor = x / torch.linalg.vector_norm(x)  # torch types `/` as Any
+    return scaled.to(torch.float32)
 
 
 @dataclass(frozen=True)
@@ -307,4 +309,5 @@ def correlation(a: Tensor, b: Tensor) -> Tensor:
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
     denominator = torch.linalg.vector_norm(a, dim=1) * torch.linalg.vector_norm(b, dim=1)
-    return (a * b).sum(dim=1) / denominator.clamp(min=1e-30)
+    result: Tensor = (a * b).sum(dim=1) / denominator.clamp(min=1e-30)
+    return result

@@ -1,0 +1,121 @@
+"""Every built-in transform, regularization, preconditioner and postprocessor through the
+shared checks of :mod:`component_base`.
+
+``mei.legacy.ops`` names the same classes (it re-exports them), so its components run through
+the same cases; :func:`test_every_component_has_a_case` fails for a legacy name whose class has
+no case here.
+"""
+
+import inspect
+
+import pytest
+from component_base import (
+    Case,
+    ComponentTester,
+    DifferentiableComponentTester,
+    pytest_generate_tests,  # noqa: F401  (parametrizes the test classes below)
+)
+
+import mei.legacy.ops
+from mei import postprocessing, preconditioning, regularization, transforms
+from mei.import_helpers import import_object
+
+TRANSFORMS = [
+    Case("mei.transforms.Identity"),
+    Case("mei.transforms.Jitter", {"max_jitter": 1}),
+    Case("mei.transforms.Jitter", {"max_jitter": [2, 1]}, name="Jitter-yx"),
+    Case("mei.transforms.RandomCrop", {"height": 3, "width": 4}),
+    Case("mei.transforms.Resize", {"scale_factor": 0.5}, five_d="unclear"),
+    Case(
+        "mei.transforms.Resize",
+        {"scale_factor": 2.0, "resize_method": "nearest"},
+        five_d="unclear",
+        name="Resize-nearest",
+    ),
+    Case(
+        "mei.transforms.GrayscaleToRGB",
+        five_d="raises",
+        error=r"GrayscaleToRGB expects \(B, 1, H, W\), got \(\d+, 1, \d+, \d+, \d+\)",
+    ),
+    Case("mei.transforms.ChangeRange", {"x_min": -1.0, "x_max": 2.0}),
+    Case(
+        "mei.transforms.Compose",
+        {
+            "transforms": [
+                {"path": "mei.transforms.Jitter", "kwargs": {"max_jitter": 1}},
+                {"path": "mei.transforms.ChangeRange", "kwargs": {"x_min": 0.0, "x_max": 1.0}},
+            ]
+        },
+    ),
+]
+REGULARIZATIONS = [
+    Case("mei.regularization.TotalVariation", {"weight": 0.5}),
+    Case("mei.regularization.TotalVariation", {"isotropic": True}, name="TotalVariation-iso"),
+    Case("mei.regularization.LpNorm", {"weight": 0.5, "p": 6}),
+    Case("mei.regularization.L2ToReference", {"reference": [0.5, -1.0, 0.0, 2.0, 1.0, -0.5]}),
+    Case(
+        "mei.regularization.WeightedSum",
+        {
+            "regularizations": [
+                {"path": "mei.regularization.LpNorm", "kwargs": {"p": 2}, "weight": 2.0},
+                {"path": "mei.regularization.TotalVariation"},
+            ]
+        },
+    ),
+]
+PRECONDITIONERS = [
+    Case("mei.preconditioning.GaussianBlur", {"sigma": 1.0}),
+    Case(
+        "mei.preconditioning.GaussianBlur",
+        {"sigma": [1.5, 0.7], "decay_factor": -0.1, "pad_mode": "replicate"},
+        name="GaussianBlur-decay",
+    ),
+    Case("mei.preconditioning.FourierSmoothing", {"freq_exp": 2.0}),
+    Case("mei.preconditioning.MultiplyBy", {"const": 2.0, "decay_factor": 0.1}),
+    Case("mei.preconditioning.DivideByMeanOfAbsolute"),
+]
+POSTPROCESSORS = [
+    Case("mei.postprocessing.ChangeNorm", {"norm": 2.0}),
+    Case("mei.postprocessing.ClipRange", {"x_min": -0.5, "x_max": 0.5}),
+    Case("mei.postprocessing.ChangeStd", {"std": 0.5}),
+    Case("mei.postprocessing.PNormConstraint", {"norm_value": 1.0, "p": 2}),
+    Case(
+        "mei.postprocessing.PNormConstraintAndClip",
+        {"norm_value": 2.0, "p": 2, "max_pixel_value": 0.5, "min_pixel_value": -0.5},
+    ),
+]
+ALL = TRANSFORMS + REGULARIZATIONS + PRECONDITIONERS + POSTPROCESSORS
+
+
+class TestTransforms(DifferentiableComponentTester):
+    CASES = TRANSFORMS
+
+
+class TestRegularizations(DifferentiableComponentTester):
+    CASES = REGULARIZATIONS
+
+
+class TestPreconditioners(ComponentTester):
+    CASES = PRECONDITIONERS
+
+
+class TestPostprocessors(ComponentTester):
+    CASES = POSTPROCESSORS
+
+
+@pytest.mark.parametrize(
+    "module", [transforms, regularization, preconditioning, postprocessing, mei.legacy.ops]
+)
+def test_every_component_has_a_case(module):
+    """A new component without a case here fails, so it cannot skip the shared checks."""
+    covered = {import_object(case.path) for case in ALL}
+    public = getattr(module, "__all__", None) or [n for n in vars(module) if not n[0] == "_"]
+    components = [
+        obj
+        for name in public
+        if inspect.isclass(obj := getattr(module, name))
+        and obj.__module__.startswith("mei.")
+        and obj.__module__ not in ("mei._components", "mei.typing")
+    ]
+    assert components
+    assert [c.__name__ for c in components if c not in covered] == []
