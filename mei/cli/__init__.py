@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     prefix = f"mei {args.command}: error:"
     try:
-        return args.handler(args)
+        return int(args.handler(args))
     except KeyboardInterrupt:
         err(f"mei {args.command}: interrupted")
         return 130

@@ -32,7 +32,7 @@ def _cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(commands: Any) -> argparse.ArgumentParser:
+def add_parser(commands: Any) -> Any:
     """Add this command to the ``mei`` subcommands."""
     db = commands.add_parser(
         "db",

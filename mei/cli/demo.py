@@ -68,7 +68,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         demo.activate(args.schema, store=store)
         err(
             f"mei demo: tables in the schema {args.schema!r}, methods and seeds in "
-            f"{demo.MEIMethod.database!r}"
+            f"{demo.MEI.method_table.database!r}"
         )
         result = demo.run_demo(
             out_dir=Path(args.out),
@@ -102,7 +102,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(commands: Any) -> argparse.ArgumentParser:
+def add_parser(commands: Any) -> Any:
     """Add this command to the ``mei`` subcommands."""
     demo = commands.add_parser(
         "demo",

@@ -110,11 +110,15 @@ class Dataset(dj.Manual):
         row = (self & key).fetch1()
         _, parameters = zoo.v1_filters(*_filter_arguments(row))
         return [
-            "gabor" if p.kind == "gabor" else ("ON center" if p.polarity > 0 else "OFF center")
+            "gabor"
+            if isinstance(p, zoo.GaborParameters)
+            else ("ON center" if p.polarity > 0 else "OFF center")
             for p in parameters
         ]
 
-    def dataloaders(self, key: Mapping[str, Any], seed: int) -> dict[str, dict[str, DataLoader]]:
+    def dataloaders(
+        self, key: Mapping[str, Any], seed: int
+    ) -> dict[str, dict[str, DataLoader[Any]]]:
         """NNFabrik-style loaders ``{"train": {"v1": loader}}`` of random images and responses."""
         row = (self & key).fetch1()
         size, n_images = int(row["image_size"]), int(row["n_images"])
@@ -149,7 +153,7 @@ class TrainedModel(dj.Manual):
         """
         row = (self & key if key is not None else self).fetch1()
         dataset = {k: row[k] for k in Dataset.primary_key}
-        params = (Dataset & dataset).fetch1()
+        params = (Dataset() & dataset).fetch1()
         model = zoo.v1_model(
             *_filter_arguments(params),
             noise=float(row["noise"]),

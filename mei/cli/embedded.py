@@ -264,7 +264,7 @@ class EmbeddedPostgres:
 
     def _run(
         self, program: str, *args: str, check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess:
+    ) -> subprocess.CompletedProcess[str]:
         """Run one of the wheel's programs as :attr:`account`."""
         command = [str(self.bin_dir / program), *args]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != "LD_PRELOAD"}

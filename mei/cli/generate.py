@@ -225,7 +225,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(commands: Any) -> argparse.ArgumentParser:
+def add_parser(commands: Any) -> Any:
     """Add this command to the ``mei`` subcommands."""
     generate = commands.add_parser(
         "generate",

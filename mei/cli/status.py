@@ -88,7 +88,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(commands: Any) -> argparse.ArgumentParser:
+def add_parser(commands: Any) -> Any:
     """Add this command to the ``mei`` subcommands."""
     status = commands.add_parser(
         "status",

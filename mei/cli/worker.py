@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(commands: Any) -> argparse.ArgumentParser:
+def add_parser(commands: Any) -> Any:
     """Add ``mei worker`` to the ``mei`` subcommands."""
     worker = commands.add_parser(
         "worker",

@@ -91,7 +91,8 @@ def populate(
         random.shuffle(groups)
     batches = [g[i : i + batch_size] for g in groups for i in range(0, len(g), batch_size)]
     total = len(keys) if max_calls is None else min(len(keys), max_calls)
-    done, errors, inserted = 0, [], []
+    done, inserted = 0, []
+    errors: list[tuple[Key, str]] = []
     started = time.monotonic()
     with progress_bar(
         enabled=display_progress, total=total, desc=type(table).__name__, unit="MEI"

@@ -8,7 +8,7 @@ and get their few generation-specific type names from the :class:`~mei.dj.backen
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -30,6 +30,26 @@ __all__ = [
     "RequiredLink",
     "TrainedEnsembleModelTemplateMixin",
 ]
+
+
+if TYPE_CHECKING:
+
+    class _Table:
+        """What a DataJoint table gives the mixins (for the type checker only)."""
+
+        connection: Any
+        database: str
+        primary_key: list[str]
+        method_table: Any
+        seed_table: Any
+
+        def __and__(self, restriction: Any) -> Any: ...
+        def __contains__(self, key: Any) -> bool: ...
+        def insert1(self, row: Mapping[str, Any], **kwargs: Any) -> None: ...
+        def insert(self, rows: Any, **kwargs: Any) -> None: ...
+
+else:
+    _Table = object
 
 
 class RequiredLink:
@@ -59,7 +79,7 @@ def _primary_key(table: Any) -> list[str]:
     return list(table().primary_key if isinstance(table, type) else table.primary_key)
 
 
-class TrainedEnsembleModelTemplateMixin:
+class TrainedEnsembleModelTemplateMixin(_Table):
     """An ensemble of trained models of one dataset, identified by ``ensemble_hash``.
 
     Links: ``dataset_table`` (the dataset every member was trained on) and
@@ -75,7 +95,7 @@ class TrainedEnsembleModelTemplateMixin:
     ensemble_comment        = ''    : varchar(256)  # a short comment describing the ensemble
     """
 
-    class Member:
+    class Member(_Table):
         """One trained model of an ensemble."""
 
         definition = """
@@ -157,7 +177,7 @@ class TrainedEnsembleModelTemplateMixin:
         return dataloaders, self.ensemble_model_class(*(model for _, model in loaded))
 
 
-class MEIMethodMixin:
+class MEIMethodMixin(_Table):
     """MEI methods: a method function (dotted path) and its config, keyed by the config hash."""
 
     definition_template = """
@@ -217,7 +237,7 @@ class MEIMethodMixin:
         return dict(key, mei=mei, score=score, output=output)
 
 
-class MEISeedMixin:
+class MEISeedMixin(_Table):
     """Seeds that make MEI generation reproducible."""
 
     definition_template = """
@@ -230,7 +250,7 @@ class MEISeedMixin:
         return self.definition_template.format(**backend().types)
 
 
-class MEITemplateMixin:
+class MEITemplateMixin(_Table):
     """MEIs: one per method x trained (ensemble) model x selected unit x seed.
 
     Links: ``trained_model_table`` (has ``load_model(key)``), ``selector_table`` (has
@@ -317,7 +337,8 @@ class MEITemplateMixin:
 
     def load_mei(self, key: Mapping[str, Any] | None = None) -> Tensor:
         """The stored MEI of one row as a tensor (``key=None``: this restricted table's row)."""
-        return backend().load_file(self & key if key is not None else self, "mei")
+        mei: Tensor = backend().load_file(self & key if key is not None else self, "mei")
+        return mei
 
     def load_output(self, key: Mapping[str, Any] | None = None) -> Any:
         """The stored ``output`` of one row, e.g. ``{objective: {"times": [], "values": []}}``."""

@@ -82,7 +82,8 @@ class _DefaultTable:
 
     def __get__(self, instance: Any, owner: type) -> type:
         _ensure_activated()
-        return globals()[self.name]
+        table: type = globals()[self.name]
+        return table
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

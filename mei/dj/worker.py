@@ -60,7 +60,9 @@ def run_worker(
         return state["signals"] > 0 or out_of_time()
 
     old = signal.signal(signal.SIGTERM, on_sigterm)
-    success, errors, keys, stopped_by = 0, [], [], "no pending keys"
+    success, stopped_by = 0, "no pending keys"
+    errors: list[Any] = []
+    keys: list[Any] = []
     try:
         while True:
             if state["signals"]:

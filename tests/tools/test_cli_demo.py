@@ -160,7 +160,10 @@ def test_demo_on_the_configured_server():
             assert len(list(stored.rglob("*.pth.tar"))) == 2 * N_NEURONS
         finally:
             run_python(
-                f"import mei.cli.demo_pipeline as d; d.drop({schema!r})", env=env, cwd=directory, timeout=120
+                f"import mei.cli.demo_pipeline as d; d.drop({schema!r})",
+                env=env,
+                cwd=directory,
+                timeout=120,
             )
 
 
