@@ -70,6 +70,11 @@ class JobQueue:
     def complete(self, key: Key) -> None:
         raise NotImplementedError
 
+    def complete_many(self, keys: list[Key]) -> None:
+        """Mark ``keys`` (all reserved by this worker) as done."""
+        for key in keys:
+            self.complete(key)
+
     def error(self, key: Key, message: str, stack: str) -> None:
         raise NotImplementedError
 
@@ -129,6 +134,14 @@ class _JobQueue2(JobQueue):
     def complete(self, key: Key) -> None:
         self.jobs.complete(key)
 
+    def complete_many(self, keys: list[Key]) -> None:
+        if not keys:
+            return
+        if dj.config.jobs.keep_completed:  # a success row per key, with its time
+            super().complete_many(keys)
+        else:  # no row means done: one statement for the whole batch
+            (self.jobs & [self._key(k) for k in keys]).delete_quick()
+
     def error(self, key: Key, message: str, stack: str) -> None:
         self.jobs.error(key, error_message=message, error_stack=stack)
 
@@ -183,6 +196,13 @@ class _JobQueue014(JobQueue):
 
     def complete(self, key: Key) -> None:
         self.jobs.complete(self.table_name, key)
+
+    def complete_many(self, keys: list[Key]) -> None:
+        from datajoint.hash import key_hash
+
+        if keys:  # 0.14 deletes a done job's row: one statement for the whole batch
+            hashes = [{"table_name": self.table_name, "key_hash": key_hash(k)} for k in keys]
+            (self.jobs & hashes).delete_quick()
 
     def error(self, key: Key, message: str, stack: str) -> None:
         self.jobs.error(self.table_name, key, error_message=message, error_stack=stack)

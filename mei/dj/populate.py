@@ -15,8 +15,10 @@ before it is computed, errors are recorded with key and traceback, and
 
 from __future__ import annotations
 
+import logging
 import random
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,6 +29,8 @@ from .backend import backend
 from .hashing import make_hash
 
 Key = dict[str, Any]
+
+logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- grouping
@@ -44,18 +48,66 @@ def _groups(table: Any, keys: Sequence[Key]) -> list[list[Key]]:
     return list(groups.values())
 
 
-def _insert(table: Any, key: Key, fetched: Any, result: Any) -> bool:
-    """Insert one computed key in its own transaction after re-checking its inputs.
+def _same_inputs(table: Any, items: Sequence[tuple[Key, Any, Any]]) -> None:
+    """Raise if the method or seed of a key changed while its MEI was computed.
 
-    Returns ``False`` if the key was already there (somebody else computed it).
+    Keys fetched with the same method and seed are checked once, through one of them.
     """
-    with backend().allow_insert(table), table.connection.transaction:
-        if key in table:
-            return False
-        if make_hash(table.make_fetch(key)) != make_hash(fetched):
+    checked: dict[str, Key] = {}
+    for key, fetched, _ in items:
+        checked.setdefault(make_hash(fetched), key)
+    for fetched_hash, key in checked.items():
+        if make_hash(table.make_fetch(key)) != fetched_hash:
             raise RuntimeError(f"the method or seed of {key!r} changed while its MEI was computed")
-        table.make_insert(key, *result)
-    return True
+
+
+def _insert(table: Any, items: Sequence[tuple[Key, Any, Any]]) -> list[Key]:
+    """Insert computed keys ``(key, fetched, result)`` in one transaction, all or none.
+
+    Re-checks the fetched inputs first; keys already in the table (somebody else computed
+    them) are skipped. Returns the keys inserted. If the transaction fails, the files it wrote
+    for keys that have no row are removed before the exception propagates.
+    """
+    keys = [key for key, _, _ in items]
+    try:
+        with backend().allow_insert(table), table.connection.transaction:
+            present = {make_hash(k) for k in backend().keys(table & keys)}
+            _same_inputs(table, items)
+            inserted = []
+            for key, _, result in items:
+                if make_hash(key) not in present:
+                    table.make_insert(key, *result)
+                    inserted.append(key)
+        return inserted
+    except BaseException:
+        for key in keys:
+            try:
+                if key not in table:
+                    backend().remove_key_files(table, key)
+            except Exception:  # the store or the connection is gone: recover() cleans up
+                logger.warning("could not remove the files of %s", key, exc_info=True)
+        raise
+
+
+def _insert_each(
+    table: Any, items: Sequence[tuple[Key, Any, Any]]
+) -> tuple[list[Key], list[tuple[Key, Exception]]]:
+    """Insert a batch in one transaction; if that fails, each key in its own, so that a key
+    that cannot be stored fails alone. Returns the keys inserted and the failures."""
+    try:
+        return _insert(table, items), []
+    except Exception as e:
+        if len(items) == 1:
+            e.__mei_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
+            return [], [(items[0][0], e)]
+        logger.warning("inserting %d keys together failed; inserting them one by one", len(items))
+    inserted: list[Key] = []
+    failed: list[tuple[Key, Exception]] = []
+    for item in items:
+        done, errors = _insert_each(table, [item])
+        inserted += done
+        failed += errors
+    return inserted, failed
 
 
 # --------------------------------------------------------------------------- populate
@@ -107,28 +159,35 @@ def populate(
             pending_keys = list(taken)
             try:
                 outcomes = run.compute(table, taken)
+                computed = []
+                failed: list[tuple[Key, Exception]] = []
                 for key, outcome in zip(taken, outcomes, strict=True):
                     if isinstance(outcome, Exception):
-                        message = f"{type(outcome).__name__}: {outcome}"
-                        stack = getattr(outcome, "__mei_traceback__", "")
-                        if queue is not None:
-                            queue.error(key, message[:2047], stack)
-                        pending_keys.remove(key)
-                        errors.append((key, message))
-                        if not suppress_errors:
-                            raise outcome
-                        continue
-                    fetched, result = outcome
-                    if _insert(table, key, fetched, result):
-                        done += 1
-                        inserted.append(key)
-                    if queue is not None:
-                        queue.complete(key)
+                        failed.append((key, outcome))
+                    else:
+                        computed.append((key, *outcome))
+                stored, not_stored = _insert_each(table, computed) if computed else ([], [])
+                unstored = {id(key) for key, _ in not_stored}
+                succeeded = [key for key, *_ in computed if id(key) not in unstored]
+                if queue is not None:
+                    queue.complete_many(succeeded)
+                for key in succeeded:
                     pending_keys.remove(key)
-                    if bar is not None:
-                        bar.update(1)
-                        rate = done / max(time.monotonic() - started, 1e-9) * 60
-                        bar.set_postfix_str(f"{rate:.1f} MEIs/min")
+                failed += not_stored
+                done += len(stored)
+                inserted += stored
+                for key, error in failed:
+                    message = f"{type(error).__name__}: {error}"
+                    if queue is not None:
+                        queue.error(key, message[:2047], getattr(error, "__mei_traceback__", ""))
+                    pending_keys.remove(key)
+                    errors.append((key, message))
+                if bar is not None and succeeded:
+                    bar.update(len(succeeded))
+                    rate = done / max(time.monotonic() - started, 1e-9) * 60
+                    bar.set_postfix_str(f"{rate:.1f} MEIs/min")
+                if failed and not suppress_errors:
+                    raise failed[0][1]
             finally:
                 if queue is not None:
                     for key in pending_keys:  # interrupted: give the rest back

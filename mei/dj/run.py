@@ -241,6 +241,21 @@ def _compute_batched(table: Any, keys: Sequence[Key], fetched: Fetched) -> list[
     return [check_result(method_fn, r, k) for r, k in zip(results, keys, strict=True)]
 
 
+def fetch_all(table: Any, keys: Sequence[Key]) -> list[Fetched]:
+    """``make_fetch`` of every key; with mei's own ``make_fetch``, once per method and seed."""
+    if not getattr(getattr(type(table), "make_fetch", None), "__mei_builtin__", False):
+        return [Fetched(*table.make_fetch(k)) for k in keys]
+    names = [*table.method_table.primary_key, *table.seed_table.primary_key]
+    cache: dict[str, Fetched] = {}
+    fetched = []
+    for key in keys:
+        sub = make_hash({n: key[n] for n in names})
+        if sub not in cache:
+            cache[sub] = Fetched(*table.make_fetch(key))
+        fetched.append(cache[sub])
+    return fetched
+
+
 def compute(table: Any, keys: Sequence[Key]) -> list[tuple[Fetched, Result] | Exception]:
     """Compute the MEIs of ``keys`` of the MEI ``table``; no transaction is open.
 
@@ -250,7 +265,7 @@ def compute(table: Any, keys: Sequence[Key]) -> list[tuple[Fetched, Result] | Ex
     per key, ``(fetched, (mei, score, output))`` or the exception it raised (with its
     traceback text in ``__mei_traceback__``).
     """
-    fetched = [Fetched(*table.make_fetch(k)) for k in keys]
+    fetched = fetch_all(table, keys)
     if len(keys) > 1 and len({make_hash(f) for f in fetched}) == 1:
         try:
             results = _compute_batched(table, keys, fetched[0])

@@ -296,6 +296,7 @@ class MEITemplateMixin(_Table):
             self.__dict__["_model_loader"] = loader
         return loader
 
+    @run.builtin
     def make_fetch(self, key: Key) -> tuple[str, Any, int]:
         """The method and the seed of ``key`` (cheap; fetched again before inserting)."""
         method_fn, method_config = (self.method_table() & key).fetch1("method_fn", "method_config")

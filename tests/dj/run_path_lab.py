@@ -1,0 +1,98 @@
+"""A minimal lab declared with mei's own type map, so it runs on either DataJoint generation.
+
+Its model is a linear readout of ``N_UNITS`` units; its method records the device it ran on and
+every call, so tests can see which path a key took.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import datajoint as dj
+import torch
+from torch import nn
+
+from mei.dj.backend import backend
+from mei.main import MEITemplate, TrainedEnsembleModelTemplate
+from mei.methods import gradient_ascent, gradient_ascent_units
+from mei.modules import ConstrainedOutputModel
+
+N_UNITS = 4
+SHAPE = (1, 1, 4, 4)
+CALLS: list[tuple[str, str, int]] = []
+"""``(path, device, batch size)`` of every run of :func:`recording_method` in this process."""
+
+CONFIG = {
+    "device": "cpu",
+    "initial": {"path": "mei.initial.RandomNormal"},
+    "optimizer": {"path": "torch.optim.SGD", "kwargs": {"lr": 0.1}},
+    "stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 3}},
+}
+
+
+def recording_method(dataloaders, model, config, seed):
+    """``mei.methods.gradient_ascent`` that records how it was called."""
+    CALLS.append(("single", config["device"], 1))
+    return gradient_ascent(dataloaders, model, dict(config, device="cpu"), seed)
+
+
+def _recording_batched(dataloaders, model, config, seed, units, **kwargs):
+    CALLS.append(("batched", config["device"], len(units)))
+    return gradient_ascent_units(
+        dataloaders, model, dict(config, device="cpu"), seed, units, **kwargs
+    )
+
+
+recording_method.batched = _recording_batched  # type: ignore[attr-defined]
+recording_method.validate_config = gradient_ascent.validate_config  # type: ignore[attr-defined]
+
+
+def declare(schema: dj.Schema) -> SimpleNamespace:
+    types = backend().types
+
+    @schema
+    class Dataset(dj.Manual):
+        definition = f"""
+        dataset_id : {types["int"]}
+        """
+
+    @schema
+    class TrainedModel(dj.Manual):
+        definition = f"""
+        -> Dataset
+        model_seed : {types["int"]}
+        """
+
+        def load_model(self, key=None, include_dataloader=True, include_state_dict=True):
+            torch.manual_seed(int(key["model_seed"]))
+            model = nn.Sequential(nn.Flatten(), nn.Linear(16, N_UNITS))
+            loaders = {"train": {"all": [(torch.zeros(SHAPE), torch.zeros(1, N_UNITS))]}}
+            return (loaders, model) if include_dataloader else model
+
+    @schema
+    class TrainedEnsembleModel(TrainedEnsembleModelTemplate):
+        dataset_table = Dataset
+        trained_model_table = TrainedModel
+
+    @schema
+    class Selector(dj.Manual):
+        definition = f"""
+        -> Dataset
+        neuron_id : {types["int"]}
+        ---
+        output_unit : {types["int"]}
+        """
+
+        def get_output_selected_model(self, model, key):
+            return ConstrainedOutputModel(model, int((self & key).fetch1("output_unit")))
+
+    @schema
+    class MEI(MEITemplate):
+        trained_model_table = TrainedEnsembleModel
+        selector_table = Selector
+
+    Dataset.insert1({"dataset_id": 1})
+    TrainedModel.insert1({"dataset_id": 1, "model_seed": 0})
+    TrainedEnsembleModel().create_ensemble({"dataset_id": 1})
+    Selector.insert({"dataset_id": 1, "neuron_id": n, "output_unit": n} for n in range(N_UNITS))
+    return SimpleNamespace(**{k: v for k, v in locals().items() if isinstance(v, type)})
