@@ -18,11 +18,16 @@ Importing this module imports DataJoint but connects to nothing.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
+import hashlib
 import io
+import logging
 import os
+import platform
 import secrets
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,6 +37,8 @@ import datajoint as dj
 import torch
 
 from .hashing import make_hash
+
+logger = logging.getLogger(__name__)
 
 Key = dict[str, Any]
 
@@ -83,9 +90,44 @@ class JobQueue:
         raise NotImplementedError
 
     def reserved(self, older_than: float = 0.0) -> list[dict[str, Any]]:
-        """Reserved jobs older than ``older_than`` seconds (server time): ``key`` and
-        ``connection_id`` of the connection that reserved it."""
+        """Reserved jobs older than ``older_than`` seconds (server time): ``key``, and
+        ``host``, ``pid`` and ``connection_id`` of the worker that reserved it."""
         raise NotImplementedError
+
+    def _mine(self, keys: list[Key], **owner: Any) -> Any:
+        """The reserved job rows of ``keys`` whose owner matches ``owner`` (a query)."""
+        raise NotImplementedError
+
+    def lock_reserved(self, keys: list[Key], **owner: Any) -> list[Key]:
+        """Lock the job rows of ``keys`` still reserved by ``owner`` (``host``, ``pid``,
+        optionally ``connection_id``; default: this process) until the transaction ends, and
+        return those keys. Call inside a transaction: a worker before it commits its rows,
+        :func:`mei.dj.recovery.recover` before it takes a key."""
+        if not keys:
+            return []
+        owner = owner or dict(zip(("host", "pid"), worker_identity(), strict=True))
+        query = self._mine(keys, **owner)
+        rows = self.table.connection.query(query.make_sql() + " FOR UPDATE", as_dict=True)
+        return self._keys_of([dict(r) for r in rows.fetchall()], keys)
+
+    def _keys_of(self, rows: list[dict[str, Any]], keys: list[Key]) -> list[Key]:
+        raise NotImplementedError
+
+    def release_many(self, keys: list[Key]) -> None:
+        """Give reserved ``keys`` back to the queue without computing them."""
+        for key in keys:
+            self.release(key)
+
+    def release_own(self, keys: list[Key]) -> None:
+        """Give back those of ``keys`` that this process still holds; never another's."""
+        if not keys:
+            return
+        connection = self.table.connection
+        if connection.in_transaction:
+            self.release_many(self.lock_reserved(keys))
+            return
+        with connection.transaction:
+            self.release_many(self.lock_reserved(keys))
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per status: ``reserved``, ``error``, ``ignore``."""
@@ -146,8 +188,12 @@ class _JobQueue2(JobQueue):
         self.jobs.error(key, error_message=message, error_stack=stack)
 
     def release(self, key: Key) -> None:
-        (self.jobs & self.jobs._get_pk(key)).delete_quick()
-        self.jobs.refresh(delay=-1)
+        self.release_many([key])
+
+    def release_many(self, keys: list[Key]) -> None:
+        if keys:
+            (self.jobs & [self.jobs._get_pk(k) for k in keys]).delete_quick()
+            self.jobs.refresh(delay=-1)  # back as pending
 
     def reserved(self, older_than: float = 0.0) -> list[dict[str, Any]]:
         seconds = float(older_than)
@@ -156,9 +202,21 @@ class _JobQueue2(JobQueue):
             interval = self.jobs.adapter.interval_expr(seconds, "second")
             query = query & f"reserved_time < CURRENT_TIMESTAMP(3) - {interval}"
         return [
-            {"key": self._key(r), "connection_id": int(r["connection_id"] or 0)}
+            {
+                "key": self._key(r),
+                "host": r["host"],
+                "pid": int(r["pid"] or 0),
+                "connection_id": int(r["connection_id"] or 0),
+            }
             for r in query.to_dicts()
         ]
+
+    def _mine(self, keys: list[Key], **owner: Any) -> Any:
+        return self.jobs & [self._key(k) for k in keys] & dict(owner, status="reserved")
+
+    def _keys_of(self, rows: list[dict[str, Any]], keys: list[Key]) -> list[Key]:
+        found = {make_hash(self._key(r)) for r in rows}
+        return [k for k in keys if make_hash(self._key(k)) in found]
 
     def counts(self) -> dict[str, int]:
         if not self.declared:
@@ -180,14 +238,14 @@ class _JobQueue014(JobQueue):
         self.jobs = table.connection.schemas[table.database].jobs
         self.table_name = table.table_name
 
-    def _mine(self) -> Any:
+    def _table_jobs(self) -> Any:
         return self.jobs & {"table_name": self.table_name}
 
     def pending(self, todo: Any) -> list[Key]:
         from datajoint.hash import key_hash
 
         excluded = set(
-            (self._mine() & 'status in ("error", "ignore", "reserved")').fetch("key_hash")
+            (self._table_jobs() & 'status in ("error", "ignore", "reserved")').fetch("key_hash")
         )
         return [k for k in todo.fetch("KEY") if key_hash(k) not in excluded]
 
@@ -212,21 +270,38 @@ class _JobQueue014(JobQueue):
 
     def reserved(self, older_than: float = 0.0) -> list[dict[str, Any]]:
         seconds = float(older_than)
-        query = self._mine() & 'status="reserved"'
+        query = self._table_jobs() & 'status="reserved"'
         if seconds > 0:
             query = query & f"timestamp < CURRENT_TIMESTAMP - INTERVAL {seconds} SECOND"
         return [
-            {"key": dict(r["key"]), "connection_id": int(r["connection_id"])}
+            {
+                "key": dict(r["key"]),
+                "host": r["host"],
+                "pid": int(r["pid"]),
+                "connection_id": int(r["connection_id"]),
+            }
             for r in query.fetch(as_dict=True)
         ]
 
+    def _mine(self, keys: list[Key], **owner: Any) -> Any:
+        from datajoint.hash import key_hash
+
+        hashes = [{"key_hash": key_hash(k)} for k in keys]
+        return self._table_jobs() & hashes & dict(owner, status="reserved")
+
+    def _keys_of(self, rows: list[dict[str, Any]], keys: list[Key]) -> list[Key]:
+        from datajoint.hash import key_hash
+
+        found = {r["key_hash"] for r in rows}
+        return [k for k in keys if key_hash(k) in found]
+
     def counts(self) -> dict[str, int]:
-        return {s: len(self._mine() & {"status": s}) for s in self.statuses}
+        return {s: len(self._table_jobs() & {"status": s}) for s in self.statuses}
 
     def errors(self) -> list[dict[str, Any]]:
         return [
             dict(r, key=dict(r["key"]))
-            for r in (self._mine() & {"status": "error"}).fetch(as_dict=True)
+            for r in (self._table_jobs() & {"status": "error"}).fetch(as_dict=True)
         ]
 
 
@@ -242,6 +317,139 @@ def _declare_concurrently(jobs: Any, attempts: int = 10) -> None:
             if attempt == attempts - 1 and not jobs.is_declared:
                 raise
             time.sleep(0.1 * (attempt + 1))
+
+
+def worker_identity() -> tuple[str, int]:
+    """``(host, pid)`` as DataJoint writes them into a job reservation."""
+    return platform.node(), os.getpid()
+
+
+def worker_lock_name(host: str, pid: int) -> str:
+    """The name of the advisory lock a worker holds while it has reservations."""
+    return "mei_worker_" + hashlib.md5(f"{host}:{pid}".encode()).hexdigest()[:32]
+
+
+_LOCK_NAMESPACE = 0x6D656931  # 'mei1': PostgreSQL advisory locks are (namespace, id) pairs
+
+
+def _pg_lock_id(name: str) -> int:
+    return int(name[-8:], 16) & 0x7FFFFFFF
+
+
+class ConcurrentPopulateError(RuntimeError):
+    """Two ``populate()`` calls at once on one database connection (e.g. from two threads)."""
+
+
+_busy: dict[int, str] = {}
+_busy_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def exclusive(connection: Any, what: str) -> Iterator[None]:
+    """Refuse a second populate on ``connection`` while one runs (threads share connections).
+
+    One DataJoint connection carries one transaction at a time; two threads populating on it
+    interleave their transactions, so one thread's rollback undoes the other's inserts.
+    """
+    ident = id(connection)
+    with _busy_guard:
+        running = _busy.get(ident)
+        if running is not None:
+            raise ConcurrentPopulateError(
+                f"{what}: another populate is running on this database connection ({running}); "
+                "DataJoint connections are not thread-safe: run populates one after another, "
+                "or in separate processes (`mei worker`)"
+            )
+        _busy[ident] = f"{what} in thread {threading.current_thread().name!r}"
+    try:
+        yield
+    finally:
+        with _busy_guard:
+            _busy.pop(ident, None)
+
+
+_journal: contextvars.ContextVar[list[tuple[Any, ...]] | None] = contextvars.ContextVar(
+    "mei_file_journal", default=None
+)
+
+
+@contextlib.contextmanager
+def file_journal() -> Iterator[list[tuple[Any, ...]]]:
+    """Within the block, :meth:`Backend.insert_with_files` notes every file it stores, so that
+    the files of rows whose transaction did not commit can be removed exactly
+    (:meth:`Backend.remove_files`)."""
+    written: list[tuple[Any, ...]] = []
+    token = _journal.set(written)
+    try:
+        yield written
+    finally:
+        _journal.reset(token)
+
+
+def _note(*entry: Any) -> None:
+    written = _journal.get()
+    if written is not None:
+        written.append(entry)
+
+
+class _Liveness:
+    """This process's proof of life for :func:`mei.dj.recovery.recover`: a connection of its
+    own holding the worker lock, re-taken by a watcher thread if the server drops it.
+
+    It is independent of the connection the worker computes and inserts through, so a worker
+    whose connection is dropped (and re-opened) stays alive to everybody else.
+    """
+
+    interval = 5.0
+
+    def __init__(self, connection: Any):
+        self.backend = backend()
+        self.connection = self.backend.open_connection_like(connection)
+        if not self.backend.take_worker_lock(self.connection):
+            raise RuntimeError("could not take this worker's lock on the database server")
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="mei-liveness", daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                if not self.backend.holds_worker_lock(self.connection):
+                    self.backend.take_worker_lock(self.connection)
+            except Exception as e:
+                if not self.backend.is_connection_error(e):
+                    logger.warning("worker liveness check failed", exc_info=True)
+                with contextlib.suppress(Exception):
+                    self.backend.reconnect(self.connection)
+                    self.backend.take_worker_lock(self.connection)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        with contextlib.suppress(Exception):
+            self.connection.close()  # ends the session, and the lock with it
+
+
+_liveness: list[Any] = [None, 0]  # [_Liveness, users]
+_liveness_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def worker_liveness(connection: Any) -> Iterator[None]:
+    """While inside, this process is alive to :func:`mei.dj.recovery.recover` (nested uses
+    share one liveness connection)."""
+    with _liveness_guard:
+        if _liveness[0] is None:
+            _liveness[0] = _Liveness(connection)
+        _liveness[1] += 1
+    try:
+        yield
+    finally:
+        with _liveness_guard:
+            _liveness[1] -= 1
+            if _liveness[1] == 0:
+                _liveness[0].close()
+                _liveness[0] = None
 
 
 # --------------------------------------------------------------------------- backends
@@ -338,6 +546,11 @@ class Backend:
         """
         raise NotImplementedError
 
+    def remove_files(self, table: Any, written: list[tuple[Any, ...]]) -> int:
+        """Remove exactly the files a :func:`file_journal` noted (of rows that did not
+        commit); return how many."""
+        raise NotImplementedError
+
     # -- jobs and connections -------------------------------------------------------------
     def jobs(self, table: Any, *, declare: bool = True) -> JobQueue:
         """The job queue of ``table``; ``declare=False`` never creates a jobs table (for
@@ -355,6 +568,82 @@ class Backend:
 
     def is_postgresql(self, connection: Any) -> bool:
         return False
+
+    def session_id(self, connection: Any) -> int:
+        """The server's id of ``connection``'s current session (changes on reconnect)."""
+        sql = (
+            "SELECT pg_backend_pid()"
+            if self.is_postgresql(connection)
+            else "SELECT CONNECTION_ID()"
+        )
+        return int(connection.query(sql).fetchone()[0])
+
+    def sync_session(self, connection: Any) -> bool:
+        """Notice a silent reconnect: DataJoint reconnects to MySQL on its own but keeps the
+        old ``connection_id``, which then goes into new reservations and makes a live worker
+        look dead. Corrects it; returns whether the session had changed."""
+        current = self.session_id(connection)
+        if current == int(connection.connection_id):
+            return False
+        connection.connection_id = current
+        return True
+
+    def reconnect(self, connection: Any) -> None:
+        """Open a new session for ``connection`` (after the server dropped it)."""
+        connection.connect()
+        connection.connection_id = self.session_id(connection)
+
+    def is_connection_error(self, error: BaseException) -> bool:
+        """Whether ``error`` means the database connection was lost."""
+        if isinstance(error, dj.errors.LostConnectionError):
+            return True
+        name = type(error).__name__
+        module = type(error).__module__.split(".")[0]
+        return module in ("psycopg2", "pymysql") and name in ("InterfaceError", "OperationalError")
+
+    def open_connection_like(self, connection: Any) -> Any:
+        """A new DataJoint connection to the server of ``connection``, as the same user."""
+        raise NotImplementedError
+
+    def holds_worker_lock(self, connection: Any) -> bool:
+        """Whether ``connection``'s session holds this process's worker lock."""
+        name = worker_lock_name(*worker_identity())
+        if self.is_postgresql(connection):
+            return bool(
+                connection.query(
+                    "SELECT count(*) FROM pg_locks WHERE locktype='advisory' AND classid=%s "
+                    "AND objid=%s AND objsubid=2 AND pid=pg_backend_pid() AND granted",
+                    (_LOCK_NAMESPACE, _pg_lock_id(name)),
+                ).fetchone()[0]
+            )
+        holder = connection.query("SELECT IS_USED_LOCK(%s)", (name,)).fetchone()[0]
+        return holder is not None and int(holder) == self.session_id(connection)
+
+    def take_worker_lock(self, connection: Any) -> bool:
+        """Take this process's worker lock in ``connection``'s session (waits up to 10 s
+        for a dying session of this process to let go of it); return whether it is held."""
+        name = worker_lock_name(*worker_identity())
+        if self.is_postgresql(connection):
+            sql = "SELECT pg_try_advisory_lock(%s, %s)"
+            for _ in range(100):
+                if connection.query(sql, (_LOCK_NAMESPACE, _pg_lock_id(name))).fetchone()[0]:
+                    return True
+                time.sleep(0.1)
+            return False
+        return bool(connection.query("SELECT GET_LOCK(%s, 10)", (name,)).fetchone()[0])
+
+    def worker_alive(self, connection: Any, host: str, pid: int) -> bool:
+        """Whether some session holds the worker lock of ``(host, pid)``."""
+        name = worker_lock_name(host, pid)
+        if self.is_postgresql(connection):
+            return bool(
+                connection.query(
+                    "SELECT count(*) FROM pg_locks WHERE locktype='advisory' AND classid=%s "
+                    "AND objid=%s AND objsubid=2 AND granted",
+                    (_LOCK_NAMESPACE, _pg_lock_id(name)),
+                ).fetchone()[0]
+            )
+        return connection.query("SELECT IS_USED_LOCK(%s)", (name,)).fetchone()[0] is not None
 
     # -- DataJoint internals --------------------------------------------------------------
     def missing_internals(self) -> list[str]:
@@ -410,6 +699,8 @@ class DataJoint2(Backend):
         ("datajoint.autopopulate:AutoPopulate", "_jobs"),
         ("datajoint.jobs:Job", "_get_pk"),
         ("datajoint.connection:Connection", "_config"),
+        ("datajoint.connection:Connection", "connection_id"),
+        ("datajoint.connection:Connection", "conn_info"),
     )
 
     def _default_schema_name(self) -> str:
@@ -441,6 +732,20 @@ class DataJoint2(Backend):
             for name, obj in files.items():
                 with staged.open(name, ".pth.tar") as f:
                     torch.save(obj, f)
+        for name in files:
+            meta = staged.rec[name]
+            _note(meta["store"], meta["path"])
+
+    def remove_files(self, table: Any, written: list[tuple[Any, ...]]) -> int:
+        from datajoint.hash_registry import get_store_backend
+
+        removed = 0
+        for store_name, path in written:
+            store = get_store_backend(store_name, config=table.connection._config)
+            if store.exists(path):
+                store.remove(path)
+                removed += 1
+        return removed
 
     def load_file(self, query: Any, attribute: str, *, weights_only: bool = False) -> Any:
         ref = query.fetch1(attribute)
@@ -479,6 +784,18 @@ class DataJoint2(Backend):
     def jobs(self, table: Any, *, declare: bool = True) -> JobQueue:
         return _JobQueue2(table, declare=declare)
 
+    def open_connection_like(self, connection: Any) -> Any:
+        info = connection.conn_info
+        return dj.Connection(
+            info["host"],
+            info["user"],
+            info["passwd"],
+            info["port"],
+            use_tls=info.get("ssl_input"),
+            backend=connection.adapter.backend,
+            config_override=connection._config,
+        )
+
     def is_postgresql(self, connection: Any) -> bool:
         return "postgres" in type(connection.adapter).__name__.lower()
 
@@ -501,6 +818,8 @@ class DataJoint014(Backend):
         ("datajoint.autopopulate:AutoPopulate", "_jobs_to_do"),
         ("datajoint.external:ExternalTable", "_remove_external_file"),
         ("datajoint.external:ExternalTable", "_make_uuid_path"),
+        ("datajoint.connection:Connection", "connection_id"),
+        ("datajoint.connection:Connection", "conn_info"),
     )
 
     def _default_schema_name(self) -> str:
@@ -533,11 +852,14 @@ class DataJoint014(Backend):
                 path = Path(temp_dir) / f"{name}_{key_hash}_{secrets.token_hex(8)}.pth.tar"
                 torch.save(obj, path)
                 paths[name] = str(path)
+            stored = [(store, *self._attachment_id(path)) for path in paths.values()]
             try:
                 table.insert1({**row, **paths})
             except BaseException:
-                self._remove_attachments(table, store, paths.values())
+                self.remove_files(table, stored)
                 raise
+            for entry in stored:
+                _note(*entry)
 
     @staticmethod
     def attachment_names(key: Mapping[str, Any], names: Any = ("mei", "output")) -> list[str]:
@@ -546,16 +868,24 @@ class DataJoint014(Backend):
         key_hash = make_hash(dict(key))
         return [f"{name}_{key_hash}_*.pth.tar" for name in names]
 
-    def _remove_attachments(self, table: Any, store: str, paths: Any) -> None:
-        """Remove the store copies of local attachment files."""
+    @staticmethod
+    def _attachment_id(path: str) -> tuple[Any, str]:
+        """``(uuid, name)`` under which DataJoint 0.14 stores the attachment ``path``."""
         from datajoint.hash import uuid_from_file
 
-        external = table.external[store]
-        for path in paths:
-            name = Path(path).name
-            uuid = uuid_from_file(path, init_string=name + "\0")
-            external._remove_external_file(external._make_uuid_path(uuid, "." + name))
+        name = Path(path).name
+        return uuid_from_file(path, init_string=name + "\0"), name
+
+    def remove_files(self, table: Any, written: list[tuple[Any, ...]]) -> int:
+        removed = 0
+        for store, uuid, name in written:
+            external = table.external[store]
+            path = external._make_uuid_path(uuid, "." + name)
+            if external.exists(path):
+                external._remove_external_file(path)
+                removed += 1
             (external & {"hash": uuid}).delete_quick()
+        return removed
 
     def load_file(self, query: Any, attribute: str, *, weights_only: bool = False) -> Any:
         with tempfile.TemporaryDirectory() as temp_dir:
@@ -576,6 +906,15 @@ class DataJoint014(Backend):
 
     def jobs(self, table: Any, *, declare: bool = True) -> JobQueue:
         return _JobQueue014(table, declare=declare)
+
+    def open_connection_like(self, connection: Any) -> Any:
+        info = connection.conn_info
+        return dj.Connection(
+            info.get("host_input", info["host"]),
+            info["user"],
+            info["passwd"],
+            use_tls=info.get("ssl_input"),
+        )
 
 
 @functools.cache

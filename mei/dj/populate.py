@@ -15,17 +15,18 @@ before it is computed, errors are recorded with key and traceback, and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..progress import progress_bar
 from . import run
-from .backend import backend
+from .backend import JobQueue, backend, exclusive, file_journal, worker_liveness
 from .hashing import make_hash
 
 Key = dict[str, Any]
@@ -61,53 +62,95 @@ def _same_inputs(table: Any, items: Sequence[tuple[Key, Any, Any]]) -> None:
             raise RuntimeError(f"the method or seed of {key!r} changed while its MEI was computed")
 
 
-def _insert(table: Any, items: Sequence[tuple[Key, Any, Any]]) -> list[Key]:
+class Stored(NamedTuple):
+    """What became of a batch handed to :func:`_insert`."""
+
+    inserted: list[Key]
+    """Keys whose rows this call committed."""
+    done: list[Key]
+    """Keys now in the table (``inserted`` and those somebody else had inserted)."""
+    lost: list[Key]
+    """Keys whose reservation this worker no longer holds: left to their new owner."""
+
+
+def _insert(table: Any, items: Sequence[tuple[Key, Any, Any]], queue: JobQueue | None) -> Stored:
     """Insert computed keys ``(key, fetched, result)`` in one transaction, all or none.
 
-    Re-checks the fetched inputs first; keys already in the table (somebody else computed
-    them) are skipped. Returns the keys inserted. If the transaction fails, the files it wrote
-    for keys that have no row are removed before the exception propagates.
+    With a job ``queue``, the job rows of the keys are locked first, and only keys still
+    reserved by this worker are inserted (a worker that lost its connection may have lost
+    them to :func:`mei.dj.recovery.recover`). Re-checks the fetched inputs; keys already in the
+    table are skipped. If the transaction fails, the files it stored for keys that have no
+    row are removed before the exception propagates (if the connection was lost, only after
+    reconnecting: the commit may have gone through).
     """
+    be = backend()
     keys = [key for key, _, _ in items]
+    written: dict[str, list[tuple[Any, ...]]] = {}
     try:
-        with backend().allow_insert(table), table.connection.transaction:
-            present = {make_hash(k) for k in backend().keys(table & keys)}
-            _same_inputs(table, items)
+        with be.allow_insert(table), table.connection.transaction:
+            owned = queue.lock_reserved(keys) if queue is not None else keys
+            owned_hashes = {make_hash(k) for k in owned}
+            present = {make_hash(k) for k in be.keys(table & keys)} if keys else set()
+            _same_inputs(table, [item for item in items if make_hash(item[0]) in owned_hashes])
             inserted = []
             for key, _, result in items:
-                if make_hash(key) not in present:
-                    table.make_insert(key, *result)
+                h = make_hash(key)
+                if h in owned_hashes and h not in present:
+                    with file_journal() as journal:
+                        written[h] = journal
+                        table.make_insert(key, *result)
                     inserted.append(key)
-        return inserted
-    except BaseException:
+        lost = [k for k in keys if make_hash(k) not in owned_hashes]
+        if lost:
+            logger.warning(
+                "%d key(s) were given to another worker while this one computed them "
+                "(its connection was lost): not inserted here",
+                len(lost),
+            )
+        return Stored(inserted, [k for k in keys if make_hash(k) in owned_hashes], lost)
+    except BaseException as e:
+        if be.is_connection_error(e):
+            _reconnect(table, queue)
         for key in keys:
+            files = written.get(make_hash(key))
+            if not files:
+                continue
             try:
                 if key not in table:
-                    backend().remove_key_files(table, key)
+                    be.remove_files(table, files)
             except Exception:  # the store or the connection is gone: recover() cleans up
                 logger.warning("could not remove the files of %s", key, exc_info=True)
         raise
 
 
+def _reconnect(table: Any, queue: JobQueue | None) -> None:
+    """Open a new session after a lost connection."""
+    logger.warning("the database connection was lost: reconnecting")
+    backend().reconnect(table.connection)
+
+
 def _insert_each(
-    table: Any, items: Sequence[tuple[Key, Any, Any]]
-) -> tuple[list[Key], list[tuple[Key, Exception]]]:
+    table: Any, items: Sequence[tuple[Key, Any, Any]], queue: JobQueue | None
+) -> tuple[Stored, list[tuple[Key, Exception]]]:
     """Insert a batch in one transaction; if that fails, each key in its own, so that a key
-    that cannot be stored fails alone. Returns the keys inserted and the failures."""
+    that cannot be stored fails alone. Returns what was stored and the failures. A lost
+    connection is not a key's failure: it propagates."""
     try:
-        return _insert(table, items), []
+        return _insert(table, items, queue), []
     except Exception as e:
+        if backend().is_connection_error(e):
+            raise
         if len(items) == 1:
             e.__mei_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
-            return [], [(items[0][0], e)]
+            return Stored([], [], []), [(items[0][0], e)]
         logger.warning("inserting %d keys together failed; inserting them one by one", len(items))
-    inserted: list[Key] = []
+    stored = Stored([], [], [])
     failed: list[tuple[Key, Exception]] = []
     for item in items:
-        done, errors = _insert_each(table, [item])
-        inserted += done
+        one, errors = _insert_each(table, [item], queue)
+        stored = Stored(*(a + b for a, b in zip(stored, one, strict=True)))
         failed += errors
-    return inserted, failed
+    return stored, failed
 
 
 # --------------------------------------------------------------------------- populate
@@ -135,15 +178,46 @@ def populate(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if order not in ("original", "random"):
         raise ValueError(f"order must be 'original' or 'random', got {order!r}")
-    todo = backend().todo(table, restrictions)
-    queue = backend().jobs(table) if reserve_jobs else None
-    keys = queue.pending(todo) if queue is not None else backend().keys(todo)
+    be = backend()
+    with exclusive(table.connection, f"{type(table).__name__}.populate"):
+        queue = be.jobs(table) if reserve_jobs else None
+        if queue is None:
+            return _populate(
+                table, restrictions, None, int(batch_size), suppress_errors, max_calls,
+                display_progress, order, stop,
+            )  # fmt: skip
+        be.sync_session(table.connection)
+        with worker_liveness(table.connection):
+            return _populate(
+                table, restrictions, queue, int(batch_size), suppress_errors, max_calls,
+                display_progress, order, stop,
+            )  # fmt: skip
+
+
+MAX_RECONNECTS = 3
+"""Consecutive batches a worker may lose its connection in before it gives up."""
+
+
+def _populate(
+    table: Any,
+    restrictions: tuple[Any, ...],
+    queue: JobQueue | None,
+    batch_size: int,
+    suppress_errors: bool,
+    max_calls: int | None,
+    display_progress: bool | None,
+    order: str,
+    stop: Callable[[], bool] | None,
+) -> dict[str, Any]:
+    be = backend()
+    todo = be.todo(table, restrictions)
+    keys = queue.pending(todo) if queue is not None else be.keys(todo)
     groups = _groups(table, keys)
     if order == "random":
         random.shuffle(groups)
     batches = [g[i : i + batch_size] for g in groups for i in range(0, len(g), batch_size)]
     total = len(keys) if max_calls is None else min(len(keys), max_calls)
-    done, inserted = 0, []
+    done, inserted, reconnects = 0, [], 0
     errors: list[tuple[Key, str]] = []
     started = time.monotonic()
     with progress_bar(
@@ -153,12 +227,14 @@ def populate(
             if done + len(errors) >= total or (stop is not None and stop()):
                 break
             batch = batch[: total - done - len(errors)]
+            if queue is not None:
+                be.sync_session(table.connection)  # DataJoint may have reconnected on its own
             taken = [k for k in batch if queue is None or queue.reserve(k)]
             if not taken:
                 continue
             pending_keys = list(taken)
             try:
-                outcomes = run.compute(table, taken)
+                outcomes = run.compute(table, taken, fatal=be.is_connection_error)
                 computed = []
                 failed: list[tuple[Key, Exception]] = []
                 for key, outcome in zip(taken, outcomes, strict=True):
@@ -166,30 +242,61 @@ def populate(
                         failed.append((key, outcome))
                     else:
                         computed.append((key, *outcome))
-                stored, not_stored = _insert_each(table, computed) if computed else ([], [])
-                unstored = {id(key) for key, _ in not_stored}
-                succeeded = [key for key, *_ in computed if id(key) not in unstored]
+                stored, not_stored = (
+                    _insert_each(table, computed, queue) if computed else (Stored([], [], []), [])
+                )
                 if queue is not None:
-                    queue.complete_many(succeeded)
-                for key in succeeded:
+                    queue.complete_many(stored.done)
+                for key in stored.done + stored.lost:
                     pending_keys.remove(key)
-                failed += not_stored
-                done += len(stored)
-                inserted += stored
-                for key, error in failed:
+                done += len(stored.inserted)
+                inserted += stored.inserted
+                for key, error in [*failed, *not_stored]:
                     message = f"{type(error).__name__}: {error}"
                     if queue is not None:
                         queue.error(key, message[:2047], getattr(error, "__mei_traceback__", ""))
                     pending_keys.remove(key)
                     errors.append((key, message))
-                if bar is not None and succeeded:
-                    bar.update(len(succeeded))
+                if bar is not None and stored.inserted:
+                    bar.update(len(stored.inserted))
                     rate = done / max(time.monotonic() - started, 1e-9) * 60
                     bar.set_postfix_str(f"{rate:.1f} MEIs/min")
-                if failed and not suppress_errors:
-                    raise failed[0][1]
+                reconnects = 0
+                if (failed or not_stored) and not suppress_errors:
+                    raise [*failed, *not_stored][0][1]
+            except Exception as e:
+                if not be.is_connection_error(e):
+                    raise
+                reconnects += 1
+                if reconnects > MAX_RECONNECTS:
+                    raise WorkerConnectionError(
+                        f"lost the database connection in {reconnects} batches in a row; "
+                        f"{len(pending_keys)} reserved key(s) of the last batch go back to the "
+                        "queue when this worker's session ends (recover() returns them)"
+                    ) from e
+                with contextlib.suppress(Exception):
+                    _reconnect(table, queue)
+                with contextlib.suppress(Exception):  # rows it committed before the loss
+                    committed = be.keys(table & pending_keys) if pending_keys else []
+                    if queue is not None:
+                        queue.complete_many(committed)
+                    for key in committed:
+                        pending_keys.remove(key)
+                logger.warning("continuing after a lost database connection", exc_info=True)
             finally:
-                if queue is not None:
-                    for key in pending_keys:  # interrupted: give the rest back
-                        queue.release(key)
+                if queue is not None and pending_keys:  # interrupted: give back what is ours
+                    try:
+                        queue.release_own(pending_keys)
+                    except Exception as e:
+                        if not be.is_connection_error(e):
+                            raise
+                        logger.warning(
+                            "could not give back %d key(s) (connection lost); they return to "
+                            "the queue with recover() once this session is gone",
+                            len(pending_keys),
+                        )
     return {"success_count": done, "error_list": errors, "keys": inserted}
+
+
+class WorkerConnectionError(RuntimeError):
+    """A worker lost its database connection again and again and stopped."""

@@ -29,19 +29,33 @@ def recover(table: Any, *, older_than: float = 0.0, dead_only: bool = True) -> l
     """Return the keys of dead workers to the queue and remove files they left behind.
 
     A reserved job is recovered when it is older than ``older_than`` seconds and (with
-    ``dead_only``, the default) the database connection that reserved it no longer exists,
-    so a live worker's keys are never taken away. Works on both DataJoint generations (2.x
-    also offers ``table.jobs.refresh(orphan_timeout=...)``, which is time-based only).
-    Returns the recovered keys.
+    ``dead_only``, the default) its worker is dead: no session holds the worker lock of the
+    host and process that reserved it (mei's workers hold one while they have reservations,
+    re-taken after a reconnect) and the connection that reserved it no longer exists. So a
+    live worker's keys are never taken, even after its connection was dropped and
+    re-opened. Each key is taken with its job row locked, so a worker that is committing it
+    at that moment either commits first (then the key is done, and only its job is closed)
+    or finds its reservation gone and commits nothing. Returns the recovered keys.
     """
-    queue = backend().jobs(table)
-    live = backend().live_connection_ids(table.connection) if dead_only else set()
+    be = backend()
+    connection = table.connection
+    queue = be.jobs(table)
+    live = be.live_connection_ids(connection) if dead_only else set()
     recovered = []
     for job in queue.reserved(older_than):
-        if dead_only and job["connection_id"] in live:
+        if dead_only and (
+            job["connection_id"] in live or be.worker_alive(connection, job["host"], job["pid"])
+        ):
             continue
         key = job["key"]
-        remove_orphan_files(table, key)
-        queue.release(key)
+        owner = {k: job[k] for k in ("host", "pid", "connection_id")}
+        with connection.transaction:
+            if not queue.lock_reserved([key], **owner):
+                continue  # taken or finished meanwhile
+            if key in table:  # its worker committed, then died before closing the job
+                queue.complete_many([key])
+                continue
+            remove_orphan_files(table, key)
+            queue.release_many([key])
         recovered.append(key)
     return recovered

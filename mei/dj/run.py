@@ -17,7 +17,7 @@ import logging
 import math
 import numbers
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from torch import Tensor
@@ -256,14 +256,17 @@ def fetch_all(table: Any, keys: Sequence[Key]) -> list[Fetched]:
     return fetched
 
 
-def compute(table: Any, keys: Sequence[Key]) -> list[tuple[Fetched, Result] | Exception]:
+def compute(
+    table: Any, keys: Sequence[Key], *, fatal: Callable[[BaseException], bool] | None = None
+) -> list[tuple[Fetched, Result] | Exception]:
     """Compute the MEIs of ``keys`` of the MEI ``table``; no transaction is open.
 
     Keys that share method, seed, model and selection run in one batched run when the method
     has a batched form and the lab did not override ``generate_mei``; any other key, or all
     keys of a batched run that failed, run one by one through :func:`compute_key`. Returns,
     per key, ``(fetched, (mei, score, output))`` or the exception it raised (with its
-    traceback text in ``__mei_traceback__``).
+    traceback text in ``__mei_traceback__``). Exceptions for which ``fatal`` is true (a lost
+    database connection) are raised instead: they are nobody's key's fault.
     """
     fetched = fetch_all(table, keys)
     if len(keys) > 1 and len({make_hash(f) for f in fetched}) == 1:
@@ -284,6 +287,8 @@ def compute(table: Any, keys: Sequence[Key]) -> list[tuple[Fetched, Result] | Ex
         try:
             outcomes.append((f, table.make_compute(key, *f)))
         except Exception as e:
+            if fatal is not None and fatal(e):
+                raise
             e.__mei_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
             outcomes.append(e)
     return outcomes

@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..modules import EnsembleModel
 from . import populate as _populate
 from . import run
-from .backend import backend
+from .backend import backend, exclusive
 from .hashing import hash_list_of_dictionaries, make_hash
 from .model_cache import ModelLoader
 from .run import KEYED_COMPONENTS, METHOD_FN_MAX_LENGTH, Key, validate_method
@@ -321,7 +321,8 @@ class MEITemplateMixin(_Table):
         ``suppress_errors``, ``max_calls``, ``display_progress`` and ``order``.
         """
         if batch_size is None:
-            return super().populate(*restrictions, **kwargs)  # type: ignore[misc]
+            with exclusive(self.connection, f"{type(self).__name__}.populate"):
+                return super().populate(*restrictions, **kwargs)  # type: ignore[misc]
         unknown = sorted(
             set(kwargs)
             - {"reserve_jobs", "suppress_errors", "max_calls", "display_progress", "order"}

@@ -12,6 +12,7 @@ import signal
 import time
 from typing import Any
 
+from .backend import worker_liveness
 from .populate import populate
 from .recovery import recover
 
@@ -64,35 +65,36 @@ def run_worker(
     errors: list[Any] = []
     keys: list[Any] = []
     try:
-        while True:
-            if state["signals"]:
-                stopped_by = "SIGTERM"
-                break
-            if out_of_time():
-                stopped_by = "max_time"
-                break
-            left = None if max_keys is None else max_keys - success - len(errors)
-            if left is not None and left <= 0:
-                stopped_by = "max_keys"
-                break
-            result = populate(
-                table,
-                *restrictions,
-                batch_size=batch_size,
-                reserve_jobs=True,
-                suppress_errors=True,
-                max_calls=batch_size if left is None else min(batch_size, left),
-                display_progress=display_progress,
-                order="random",
-                stop=should_stop,
-            )
-            success += result["success_count"]
-            errors += result["error_list"]
-            keys += result["keys"]
-            if not result["success_count"] and not result["error_list"]:
-                if should_stop():
-                    continue
-                break
+        with worker_liveness(table.connection):
+            while True:
+                if state["signals"]:
+                    stopped_by = "SIGTERM"
+                    break
+                if out_of_time():
+                    stopped_by = "max_time"
+                    break
+                left = None if max_keys is None else max_keys - success - len(errors)
+                if left is not None and left <= 0:
+                    stopped_by = "max_keys"
+                    break
+                result = populate(
+                    table,
+                    *restrictions,
+                    batch_size=batch_size,
+                    reserve_jobs=True,
+                    suppress_errors=True,
+                    max_calls=batch_size if left is None else min(batch_size, left),
+                    display_progress=display_progress,
+                    order="random",
+                    stop=should_stop,
+                )
+                success += result["success_count"]
+                errors += result["error_list"]
+                keys += result["keys"]
+                if not result["success_count"] and not result["error_list"]:
+                    if should_stop():
+                        continue
+                    break
     finally:
         signal.signal(signal.SIGTERM, old)
     logger.info(

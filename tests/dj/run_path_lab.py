@@ -21,6 +21,9 @@ N_UNITS = 4
 SHAPE = (1, 1, 4, 4)
 CALLS: list[tuple[str, str, int]] = []
 """``(path, device, batch size)`` of every run of :func:`recording_method` in this process."""
+BEFORE_RUN: list = []
+"""Callables run (and removed), one per run of :func:`recording_method`, before it computes:
+tests use them to break things at a chosen moment."""
 
 CONFIG = {
     "device": "cpu",
@@ -33,11 +36,15 @@ CONFIG = {
 def recording_method(dataloaders, model, config, seed):
     """``mei.methods.gradient_ascent`` that records how it was called."""
     CALLS.append(("single", config["device"], 1))
+    if BEFORE_RUN:
+        BEFORE_RUN.pop(0)()
     return gradient_ascent(dataloaders, model, dict(config, device="cpu"), seed)
 
 
 def _recording_batched(dataloaders, model, config, seed, units, **kwargs):
     CALLS.append(("batched", config["device"], len(units)))
+    if BEFORE_RUN:
+        BEFORE_RUN.pop(0)()
     return gradient_ascent_units(
         dataloaders, model, dict(config, device="cpu"), seed, units, **kwargs
     )
@@ -47,7 +54,7 @@ recording_method.batched = _recording_batched  # type: ignore[attr-defined]
 recording_method.validate_config = gradient_ascent.validate_config  # type: ignore[attr-defined]
 
 
-def declare(schema: dj.Schema) -> SimpleNamespace:
+def declare(schema: dj.Schema, *, fill: bool = True, n_units: int = N_UNITS) -> SimpleNamespace:
     types = backend().types
 
     @schema
@@ -91,8 +98,12 @@ def declare(schema: dj.Schema) -> SimpleNamespace:
         trained_model_table = TrainedEnsembleModel
         selector_table = Selector
 
-    Dataset.insert1({"dataset_id": 1})
-    TrainedModel.insert1({"dataset_id": 1, "model_seed": 0})
-    TrainedEnsembleModel().create_ensemble({"dataset_id": 1})
-    Selector.insert({"dataset_id": 1, "neuron_id": n, "output_unit": n} for n in range(N_UNITS))
-    return SimpleNamespace(**{k: v for k, v in locals().items() if isinstance(v, type)})
+    tables = SimpleNamespace(**{k: v for k, v in locals().items() if isinstance(v, type)})
+    if fill:
+        Dataset.insert1({"dataset_id": 1})
+        TrainedModel.insert1({"dataset_id": 1, "model_seed": 0})
+        TrainedEnsembleModel().create_ensemble({"dataset_id": 1})
+        Selector.insert(
+            {"dataset_id": 1, "neuron_id": n, "output_unit": n % N_UNITS} for n in range(n_units)
+        )
+    return tables
