@@ -57,6 +57,13 @@ class EnsembleModel(nn.Module):
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         outputs = [member(x, *args, **kwargs) for member in self.members]
+        for i, output in enumerate(outputs):
+            if isinstance(output, Tensor) and not output.dtype.is_floating_point:
+                raise ModelError(
+                    f"ensemble member {i} ({type(self.members[i]).__name__}) returned a tensor "
+                    f"of dtype {output.dtype}; members must return floating-point values to be "
+                    "averaged (and ascended)"
+                )
         return torch.stack(outputs, dim=0).mean(dim=0)
 
 

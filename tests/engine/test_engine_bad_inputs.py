@@ -14,7 +14,7 @@ from torch import nn
 from mei.config import resolve_config
 from mei.errors import ConfigError, InputError, ModelError
 from mei.methods import gradient_ascent, gradient_ascent_units
-from mei.modules import ConstrainedOutputModel
+from mei.modules import ConstrainedOutputModel, EnsembleModel
 
 SHAPE = (1, 1, 8, 8)
 MODEL = ConstrainedOutputModel(LinearNeurons(), 0)
@@ -336,3 +336,12 @@ def test_annotations_do_not_refuse_unannotated_or_loose_components():
         regularization=entry("mei.regularization.LpNorm", weight=1, p=2),
     )
     resolve_config(config)
+
+
+def test_an_ensemble_of_integer_members_blames_the_dtype():
+    class Rounded(nn.Module):
+        def forward(self, x):
+            return integer_output(x)
+
+    with pytest.raises(ModelError, match=r"ensemble member 0 \(Rounded\) returned .*torch.int64"):
+        gradient_ascent(None, EnsembleModel(Rounded()), base_config(), 0, shape=SHAPE)
