@@ -14,8 +14,11 @@ A config maps component keys to entries ``{"path": "dotted.path", "kwargs": {...
 
 :func:`resolve_config` checks everything before the first step: known keys, required
 components present, every path imports, the kwargs are accepted and the object it builds is
-callable. Problems raise :class:`~mei.errors.ConfigError` naming key, path and problem. The
-caller's dict is never changed.
+callable, numbers in the kwargs are finite ints or floats, a kwarg whose parameter is annotated
+with plain types (``lr: float | Tensor``) gets a value of such a type, and what each entry
+builds fits its slot in :mod:`mei.typing` (a stopper takes a state, a transform ``(x, i)``).
+Problems raise :class:`~mei.errors.ConfigError` naming key, path, argument and value. The
+caller's dict is never changed. :func:`check_seed` checks a run's seed.
 """
 
 from __future__ import annotations
@@ -23,14 +26,19 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import math
+import numbers
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .errors import ConfigError
+from .domain import State
+from .errors import ConfigError, InputError, list_names, shorten
 from .import_helpers import import_object
 from .typing import (
     InitialGuess,
@@ -48,6 +56,20 @@ T = TypeVar("T")
 REQUIRED_KEYS = ("device", "initial", "optimizer", "stopper")
 OPTIONAL_KEYS = ("transform", "regularization", "precondition", "postprocessing", "objectives")
 COMPONENT_KEYS = tuple(k for k in REQUIRED_KEYS + OPTIONAL_KEYS if k not in ("device",))
+
+SEED_MIN, SEED_MAX = -(2**31), 2**31 - 1
+"""Seeds are integers in the range of the ``mei_seed`` column (``int``, 32 bits)."""
+
+#: The slot each component key fills, and how the engine calls it (for messages).
+SLOTS: dict[str, tuple[type, str]] = {
+    "initial": (InitialGuess, "initial(*shape, generator=g) -> Tensor"),
+    "transform": (Transform, "transform(x, i_iteration) -> Tensor"),
+    "regularization": (Regularization, "regularization(x, i_iteration) -> Tensor"),
+    "precondition": (Precondition, "precondition(grad, i_iteration) -> Tensor"),
+    "postprocessing": (PostProcessing, "postprocessing(x, i_iteration) -> Tensor"),
+    "stopper": (Stopper, "stopper(state) -> (stop, output)"),
+    "objectives": (Objective, "objective(state) -> value"),
+}
 
 #: Optimizers whose update of each tensor element depends only on that element's gradient
 #: history: a batch of MEIs optimized together gives each MEI exactly its own result.
@@ -121,7 +143,7 @@ def parse_device(value: Any) -> torch.device:
     try:
         device = torch.device(value)
     except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"not a device: {value!r} ({e})", key="device") from None
+        raise ConfigError(f"not a device: {shorten(value)} ({e})", key="device") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"{value!r}: CUDA is not available on this machine", key="device")
@@ -134,6 +156,28 @@ def parse_device(value: Any) -> torch.device:
     elif device.type != "cpu":
         raise ConfigError(f"unsupported device {value!r}", key="device")
     return device
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """``seed`` as an ``int``; raise :class:`~mei.errors.InputError` naming ``name`` unless it is
+    an integer (not a bool) in ``[SEED_MIN, SEED_MAX]``. Integer numpy scalars and 0-d integer
+    tensors are accepted."""
+    if isinstance(seed, Tensor) and seed.dim() == 0 and not seed.dtype.is_floating_point:
+        if seed.dtype not in (torch.bool, torch.complex64, torch.complex128):
+            seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise InputError(
+            f"{name} must be an integer, got {shorten(seed)} ({type(seed).__name__})",
+            argument=name,
+        )
+    value = int(seed)
+    if not SEED_MIN <= value <= SEED_MAX:
+        raise InputError(
+            f"{name} must be an integer in [{SEED_MIN}, {SEED_MAX}] (the range of the "
+            f"mei_seed column), got {value}",
+            argument=name,
+        )
+    return value
 
 
 def _accepts(obj: Any, names: list[str]) -> list[str]:
@@ -153,26 +197,206 @@ def _accepts(obj: Any, names: list[str]) -> list[str]:
     return [n for n in names if n not in accepted]
 
 
+def _check_numbers(key: str, path: str, value: Any, where: str) -> None:
+    """Every number in ``value`` (nested in dicts, lists, tuples) is an int or a finite float."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_numbers(key, path, v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_numbers(key, path, v, f"{where}[{i}]")
+    elif isinstance(value, numbers.Integral):
+        return
+    elif isinstance(value, float) or (
+        isinstance(value, numbers.Real) and type(value).__module__ == "numpy"
+    ):
+        if not math.isfinite(float(value)):
+            raise ConfigError(
+                f"argument {where!r} must be a finite number, got {value!r}", key=key, path=path
+            )
+    elif isinstance(value, numbers.Number):  # Decimal, Fraction, complex
+        raise ConfigError(
+            f"argument {where!r} must be an int or a float, got {shorten(value)} "
+            f"({type(value).__name__})",
+            key=key,
+            path=path,
+        )
+
+
+def _hints(function: Any) -> dict[str, Any]:
+    """``function``'s resolved annotations; ``{}`` where they cannot be resolved."""
+    try:
+        return typing.get_type_hints(function, localns={"State": State, "Tensor": Tensor})
+    except Exception:  # forward references to names we cannot see, odd objects
+        return {}
+
+
+def _classes(annotation: Any) -> set[type] | None:
+    """The classes ``annotation`` stands for (``float | Tensor`` -> ``{float, Tensor}``,
+    ``tuple[bool, Any]`` -> ``{tuple}``); ``None`` for anything (``Any``, ``TypeVar``, ...)."""
+    if annotation is Any:  # a class on Python 3.11+
+        return None
+    if annotation is None or annotation is type(None):
+        return {type(None)}
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        found: set[type] = set()
+        for arg in typing.get_args(annotation):
+            classes = _classes(arg)
+            if classes is None:
+                return None
+            found |= classes
+        return found
+    if origin is not None:
+        annotation = origin
+    if isinstance(annotation, type) and annotation is not object:
+        return {annotation}
+    return None
+
+
+def _fits(value_class: type, classes: set[type]) -> bool:
+    """Whether ``value_class`` is one of ``classes`` (an int is a float; unknowns fit)."""
+    for cls in classes:
+        if cls in (float, complex) and issubclass(value_class, numbers.Real):
+            return True
+        try:
+            if issubclass(value_class, cls):
+                return True
+        except TypeError:  # e.g. a protocol issubclass cannot check
+            return True
+    return False
+
+
+def _type_name(annotation: Any) -> str:
+    """``float | Tensor``, ``tuple[bool, Any]``: an annotation as a reader writes it."""
+    if annotation is None or annotation is type(None):
+        return "None"
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("torch.", "")
+
+
+def _check_annotated(key: str, path: str, factory: Any, kwargs: Mapping[str, Any]) -> None:
+    """A string or a number given for a parameter annotated with plain types that take neither
+    (``lr: float | Tensor`` given ``"0.1"``) is refused, naming the argument and its value."""
+    hints = _hints(getattr(factory, "__init__", None) if isinstance(factory, type) else factory)
+    for name, value in kwargs.items():
+        if name not in hints or not isinstance(value, (str, bytes, numbers.Number)):
+            continue
+        classes = _classes(hints[name])
+        if classes is None or (Tensor in classes and isinstance(value, numbers.Number)):
+            continue
+        if not _fits(type(value), classes):
+            raise ConfigError(
+                f"argument {name!r} must be {_type_name(hints[name])}, got {shorten(value)} "
+                f"({type(value).__name__})",
+                key=key,
+                path=path,
+            )
+
+
+def _call_signature(component: Any) -> tuple[inspect.Signature, dict[str, Any]] | None:
+    """The signature and annotations of calling ``component`` (a module's ``forward``)."""
+    target = component.forward if isinstance(component, nn.Module) else component
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return None
+    if inspect.isfunction(target) or inspect.ismethod(target):
+        return signature, _hints(target)
+    return signature, _hints(type(target).__call__)
+
+
+def slot_mismatches(component: Any, slot_key: str) -> list[str]:
+    """What keeps ``component`` from fitting the slot of ``slot_key`` (see :data:`SLOTS`).
+
+    Compares how the engine calls the slot with the component's call signature: the number
+    of positional arguments, and, where the component annotates them, the argument and return
+    types. Unannotated components are judged by their arity alone.
+    """
+    found = _call_signature(component)
+    if found is None:
+        return []
+    signature, hints = found
+    protocol, _ = SLOTS[slot_key]
+    slot_hints = _hints(protocol.__call__)
+    wanted = list(inspect.signature(protocol.__call__).parameters.values())[1:]
+    params = list(signature.parameters.values())
+    kinds = inspect.Parameter
+    positional = [
+        p for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
+    ]
+    star = [p for p in params if p.kind is kinds.VAR_POSITIONAL]
+    passed = [w for w in wanted if w.kind is kinds.POSITIONAL_ONLY]
+    problems: list[str] = []
+    used: set[str] = set()
+    for index, want in enumerate(w for w in wanted if w.kind is not kinds.KEYWORD_ONLY):
+        if want.kind is kinds.VAR_POSITIONAL:  # the shape of an initial guess
+            takers = positional + star
+            used |= {p.name for p in takers}
+        elif index < len(positional):
+            takers = [positional[index]]
+        elif star:
+            takers = star
+        else:
+            problems.append(
+                f"it takes {len(positional)} positional argument(s), the slot passes "
+                f"{len(passed)} ({', '.join(w.name for w in passed)})"
+            )
+            break
+        if not takers:
+            problems.append(f"it takes no positional arguments, the slot passes *{want.name}")
+            break
+        have = takers[0]
+        used.add(have.name)
+        want_classes = _classes(slot_hints.get(want.name, Any))
+        have_classes = _classes(hints.get(have.name, Any))
+        if want_classes is not None and have_classes is not None:
+            if not all(_fits(w, have_classes) for w in want_classes):
+                problems.append(
+                    f"its argument {have.name!r} takes {_type_name(hints[have.name])}, the slot "
+                    f"passes {_type_name(slot_hints[want.name])}"
+                )
+    for p in params:
+        required = p.default is p.empty and p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)
+        if required and p.name not in used:
+            problems.append(f"its argument {p.name!r} is required, the slot does not pass it")
+    returns = _classes(hints.get("return", Any))
+    needed = _classes(slot_hints.get("return", Any))
+    if returns is not None and needed is not None:
+        if slot_key == "regularization":  # the original library's regularizers return floats
+            needed = needed | {float}
+        if not all(_fits(r, needed) for r in returns):
+            problems.append(
+                f"it returns {_type_name(hints['return'])}, the slot needs "
+                f"{_type_name(slot_hints['return'])}"
+            )
+    return problems
+
+
 def _resolve_entry(key: str, entry: Any) -> ComponentSpec[Any]:
     if not isinstance(entry, Mapping):
         raise ConfigError(
-            f"expected an entry {{'path': ..., 'kwargs': {{...}}}}, got {entry!r}", key=key
+            f"expected an entry {{'path': ..., 'kwargs': {{...}}}}, got {shorten(entry)}",
+            key=key,
         )
-    unknown = sorted(set(entry) - {"path", "kwargs"})
+    unknown = sorted(set(entry) - {"path", "kwargs"}, key=str)
     if unknown:
         raise ConfigError(
-            f"unknown entry field(s) {unknown}; expected 'path' and 'kwargs'", key=key
+            f"unknown entry field(s) {list_names(unknown)}; expected 'path' and 'kwargs'", key=key
         )
     path = entry.get("path")
     if not isinstance(path, str) or "." not in path:
         raise ConfigError(
-            f"'path' must be a dotted path such as 'mei.initial.RandomNormal', got {path!r}",
+            f"'path' must be a dotted path such as 'mei.initial.RandomNormal', got {shorten(path)}",
             key=key,
         )
     kwargs = entry.get("kwargs") or {}
     if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
         raise ConfigError(
-            f"'kwargs' must be a dict with string keys, got {kwargs!r}", key=key, path=path
+            f"'kwargs' must be a dict with string keys, got {shorten(kwargs)}", key=key, path=path
         )
     try:
         factory = import_object(path)
@@ -183,7 +407,10 @@ def _resolve_entry(key: str, entry: Any) -> ComponentSpec[Any]:
     names = list(kwargs) + (["params"] if key == "optimizer" else [])
     rejected = _accepts(factory, names)
     if rejected:
-        raise ConfigError(f"does not accept argument(s) {rejected}", key=key, path=path)
+        raise ConfigError(f"does not accept argument(s) {list_names(rejected)}", key=key, path=path)
+    for name, value in kwargs.items():
+        _check_numbers(key, path, value, name)
+    _check_annotated(key, path, factory, kwargs)
     return ComponentSpec(key=key, path=path, kwargs=copy.deepcopy(dict(kwargs)), factory=factory)
 
 
@@ -192,9 +419,11 @@ def _check_built(spec: ComponentSpec[Any]) -> None:
     if spec.key == "optimizer":
         probe = torch.zeros(1, requires_grad=True)
         optimizer = spec.build(params=[probe])
-        if not callable(getattr(optimizer, "step", None)):
+        missing = [m for m in ("step", "zero_grad") if not callable(getattr(optimizer, m, None))]
+        if missing:
             raise ConfigError(
-                f"built a {type(optimizer).__name__}, which has no step() method",
+                f"built a {type(optimizer).__name__}, which has no {' or '.join(missing)}() "
+                "method: the optimizer slot needs a torch.optim.Optimizer",
                 key=spec.key,
                 path=spec.path,
             )
@@ -206,6 +435,15 @@ def _check_built(spec: ComponentSpec[Any]) -> None:
             key=spec.key,
             path=spec.path,
         )
+    slot = spec.key.partition("[")[0]
+    problems = slot_mismatches(component, slot)
+    if problems:
+        raise ConfigError(
+            f"built a {type(component).__name__}, which does not fit the "
+            f"{SLOTS[slot][1].partition('(')[0]} slot {SLOTS[slot][1]}: {'; '.join(problems)}",
+            key=spec.key,
+            path=spec.path,
+        )
 
 
 def resolve_config(config: Mapping[str, Any]) -> MethodConfig:
@@ -214,10 +452,10 @@ def resolve_config(config: Mapping[str, Any]) -> MethodConfig:
         return config
     if not isinstance(config, Mapping):
         raise ConfigError(f"a method config must be a dict, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(REQUIRED_KEYS + OPTIONAL_KEYS))
+    unknown = sorted(set(config) - set(REQUIRED_KEYS + OPTIONAL_KEYS), key=str)
     if unknown:
         raise ConfigError(
-            f"unknown key(s) {unknown}; allowed: {sorted(REQUIRED_KEYS + OPTIONAL_KEYS)}"
+            f"unknown key(s) {list_names(unknown)}; allowed: {sorted(REQUIRED_KEYS + OPTIONAL_KEYS)}"
         )
     missing = [k for k in REQUIRED_KEYS if config.get(k) is None]
     if missing:
@@ -233,7 +471,9 @@ def resolve_config(config: Mapping[str, Any]) -> MethodConfig:
 
     objectives = config.get("objectives") or []
     if not isinstance(objectives, (list, tuple)):
-        raise ConfigError(f"expected a list of entries, got {objectives!r}", key="objectives")
+        raise ConfigError(
+            f"expected a list of entries, got {shorten(objectives)}", key="objectives"
+        )
     specs: list[ComponentSpec[Objective]] = []
     for i, entry in enumerate(objectives):
         spec = _resolve_entry(f"objectives[{i}]", entry)

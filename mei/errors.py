@@ -6,6 +6,31 @@ Every error a user can cause derives from :class:`MEIError`; configuration probl
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
+#: At most this many names are listed in a message; the rest are counted.
+MAX_LISTED = 5
+#: A value's repr in a message is cut to about this many characters.
+MAX_REPR = 120
+
+
+def shorten(value: Any, limit: int = MAX_REPR) -> str:
+    """``repr(value)``, cut to about ``limit`` characters with the total length said."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def list_names(names: Iterable[Any], limit: int = MAX_LISTED) -> str:
+    """The first ``limit`` of ``names`` as a list, then how many more there are."""
+    items = list(names)
+    shown = "[" + ", ".join(shorten(n, 60) for n in items[:limit]) + "]"
+    if len(items) > limit:
+        shown += f" and {len(items) - limit:,} more"
+    return shown
+
 
 class MEIError(Exception):
     """Base class of mei's own errors."""
@@ -35,6 +60,17 @@ class ComponentError(MEIError, TypeError):
 
 class ModelError(MEIError, ValueError):
     """The model cannot be optimized: wrong output shape, or output independent of its input."""
+
+
+class InputError(MEIError, ValueError):
+    """An argument other than the config is malformed: a seed, the dataloaders, a shape.
+
+    ``argument`` names it (``"seed"``, ``"dataloaders"``).
+    """
+
+    def __init__(self, message: str, *, argument: str | None = None):
+        super().__init__(message)
+        self.argument = argument
 
 
 class NonFiniteError(MEIError, FloatingPointError):

@@ -15,9 +15,9 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor, nn
 
-from .config import ComponentSpec, MethodConfig, resolve_config, validate_config
-from .errors import ComponentError, ConfigError
-from .modules import ConstrainedOutputModel, UnitPerElement
+from .config import ComponentSpec, MethodConfig, check_seed, resolve_config, validate_config
+from .errors import ComponentError, ConfigError, InputError
+from .modules import ConstrainedOutputModel, FirstCallCheck, UnitPerElement
 from .optimization import MEI, optimize
 from .progress import progress_bar
 from .tracking import Tracker
@@ -37,13 +37,29 @@ def get_input_shape(dataloaders: Dataloaders) -> tuple[int, ...]:
     its first element, or its ``inputs`` / ``images`` field.
     """
     if not isinstance(dataloaders, Mapping) or not dataloaders:
-        raise ValueError(
+        raise InputError(
             f"dataloaders must be a dict such as {{'train': {{data_key: loader}}}}, got "
-            f"{type(dataloaders).__name__}; or pass shape="
+            f"{type(dataloaders).__name__}; or pass shape=",
+            argument="dataloaders",
         )
-    tier = dataloaders.get("train", next(iter(dataloaders.values())))
-    loader = next(iter(tier.values())) if isinstance(tier, Mapping) else tier
-    batch = next(iter(loader))
+    name = "train" if "train" in dataloaders else next(iter(dataloaders))
+    tier, where = dataloaders[name], f"dataloaders[{name!r}]"
+    if isinstance(tier, Mapping):
+        if not tier:
+            raise InputError(
+                f"{where} is empty: expected {{data_key: loader}} with at least one loader; "
+                "or pass shape=",
+                argument="dataloaders",
+            )
+        data_key = next(iter(tier))
+        tier, where = tier[data_key], f"{where}[{data_key!r}]"
+    none = object()
+    batch = next(iter(tier), none)
+    if batch is none:
+        raise InputError(
+            f"{where} yields no batch to read the input shape from; or pass shape=",
+            argument="dataloaders",
+        )
     for name in ("inputs", "images"):
         if isinstance(batch, Mapping) and name in batch:
             batch = batch[name]
@@ -149,7 +165,7 @@ def run_batch(
     element ``b`` responding as its own MEI's unit. Element ``b`` starts from ``seeds[b]``.
     """
     device = method.device
-    seeds = [int(s) for s in seeds]
+    seeds = [check_seed(s, f"seeds[{b}]") for b, s in enumerate(seeds)]
     initial = method.initial.build()
     start = torch.cat([draw_initial(initial, shape, s) for s in seeds])
     x = start.to(device).requires_grad_(True)
@@ -170,7 +186,7 @@ def run_batch(
     ):
         torch.manual_seed(seeds[0])
         mei = MEI(
-            model,
+            FirstCallCheck(model),
             x,
             optimizer,
             transform=transform,
@@ -200,6 +216,7 @@ def gradient_ascent(
     tensor, batch of one), its score (the model's evaluation of the returned MEI) and the
     tracker's log ``{objective path: {"times": [...], "values": [...]}}``.
     """
+    seed = check_seed(seed)
     method = resolve_config(config)
     [result] = run_batch(
         method, model, _normalize_shape(dataloaders, shape), [seed], progress=progress
@@ -236,9 +253,9 @@ def gradient_ascent_units(
     shape = _normalize_shape(dataloaders, shape)
     units = [int(u) for u in units]
     if hasattr(seed, "__len__"):  # a sequence, array or tensor of seeds
-        seeds = [int(s) for s in cast(Sequence[int], seed)]
+        seeds = [check_seed(s, f"seed[{i}]") for i, s in enumerate(cast(Sequence[int], seed))]
     else:
-        seeds = [int(seed)] * len(units)
+        seeds = [check_seed(seed)] * len(units)
     if len(seeds) != len(units):
         raise ValueError(f"got {len(seeds)} seeds for {len(units)} units")
     if batch_size is not None and batch_size < 1:

@@ -39,6 +39,36 @@ def make_hash(obj: Any) -> str:
     return hashed.hexdigest()
 
 
+def find_unhashable(obj: Any, where: str) -> tuple[str, Any] | None:
+    """Where :func:`make_hash` fails in ``obj``: ``(location, value)`` of the first value it
+    cannot hash, or ``None``.
+
+    NNFabrik's ``make_hash`` (which this reproduces) iterates every iterable down to its
+    elements; iterating a 0-d tensor or array raises ``TypeError``. So no torch tensor (its
+    elements are 0-d tensors) and no 0-d numpy array can be hashed; numpy arrays of one or
+    more dimensions can (their elements are numpy scalars, hashed by ``str``).
+    """
+    if isinstance(obj, str):
+        return None
+    if isinstance(obj, Mapping):
+        children: Iterable[tuple[str, Any]] = ((f"{where}[{k!r}]", v) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        children = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    elif isinstance(obj, Iterable):  # arrays, tensors: named as a whole
+        try:
+            make_hash(obj)
+        except TypeError:
+            return where, obj
+        return None
+    else:
+        return None
+    for location, value in children:
+        found = find_unhashable(value, location)
+        if found is not None:
+            return found
+    return None
+
+
 def hash_list_of_dictionaries(list_of_dicts: Iterable[Mapping[str, Any]]) -> str:
     """The hash of a set of keys: order and duplicates do not matter.
 

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 from torch import Tensor
 
+from ..config import check_seed
 from ..errors import ComponentError, ConfigError, NonFiniteError
 from ..import_helpers import import_object
 from ..modules import ConstrainedOutputModel
@@ -149,7 +150,7 @@ def run_method(
 ) -> Result:
     """Call ``method_fn(dataloaders, model, run_config(...), seed)``; return its checked result."""
     fn = validate_method(method_fn, method_config, check_config=False)
-    result = fn(dataloaders, model, run_config(method_config, key), int(seed))
+    result = fn(dataloaders, model, run_config(method_config, key), check_seed(seed, "mei_seed"))
     return check_result(method_fn, result, key)
 
 

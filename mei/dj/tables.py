@@ -7,17 +7,19 @@ and get their few generation-specific type names from the :class:`~mei.dj.backen
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..config import check_seed
+from ..errors import ConfigError, shorten
 from ..modules import EnsembleModel
 from . import populate as _populate
 from . import run
 from .backend import backend, exclusive
-from .hashing import hash_list_of_dictionaries, make_hash
+from .hashing import find_unhashable, hash_list_of_dictionaries, make_hash
 from .model_cache import ModelLoader
 from .run import KEYED_COMPONENTS, METHOD_FN_MAX_LENGTH, Key, validate_method
 
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
         connection: Any
         database: str
         primary_key: list[str]
+        heading: Any
         method_table: Any
         seed_table: Any
 
@@ -204,10 +207,11 @@ class MEIMethodMixin(_Table):
         ``validate_config`` accepts it): a broken config never reaches the table. Adding the
         same function with the same config again returns the existing key and changes nothing
         (the comment included); a different config with the same hash raises
-        :class:`mei.errors.ConfigError`.
+        :class:`mei.errors.ConfigError`, and so does a config ``make_hash`` cannot hash (one
+        holding a torch tensor: store a nested list or a numpy array instead).
         """
         validate_method(method_fn, method_config)
-        key = {"method_fn": method_fn, "method_hash": make_hash(method_config)}
+        key = {"method_fn": method_fn, "method_hash": _method_hash(method_fn, method_config)}
         existing = self & key
         if existing:
             stored = existing.fetch1("method_config")
@@ -218,7 +222,7 @@ class MEIMethodMixin(_Table):
             if not same:
                 raise ConfigError(
                     f"method_config hashes to {key['method_hash']}, the hash of the different "
-                    f"stored config {stored!r}",
+                    f"stored config {shorten(stored, 500)}",
                     path=method_fn,
                 )
             return key
@@ -237,8 +241,31 @@ class MEIMethodMixin(_Table):
         return dict(key, mei=mei, score=score, output=output)
 
 
+def _method_hash(method_fn: str, method_config: Mapping[str, Any]) -> str:
+    """``make_hash(method_config)``, or a :class:`ConfigError` naming what it cannot hash."""
+    try:
+        return make_hash(method_config)
+    except TypeError as e:
+        found = find_unhashable(method_config, "method_config")
+        where, value = found if found is not None else ("method_config", method_config)
+        kind = type(value).__name__
+        if isinstance(value, Tensor):
+            kind = f"a tensor of shape {tuple(value.shape)}"
+        raise ConfigError(
+            f"{where} ({kind}) cannot be hashed into method_hash ({e}): NNFabrik's make_hash "
+            "iterates it down to 0-d elements, which it cannot hash; give a nested list or a "
+            "numpy array instead, or save the tensor with torch.save and use "
+            "mei.initial.FromFile",
+            path=method_fn,
+        ) from None
+
+
 class MEISeedMixin(_Table):
-    """Seeds that make MEI generation reproducible."""
+    """Seeds that make MEI generation reproducible.
+
+    Seeds are integers in the range of the ``int`` column; :meth:`insert` (and so
+    ``insert1``) refuses anything else before writing anything.
+    """
 
     definition_template = """
     # contains seeds used to make the MEI generation process reproducible
@@ -248,6 +275,58 @@ class MEISeedMixin(_Table):
     @property
     def definition(self) -> str:
         return self.definition_template.format(**backend().types)
+
+    def insert(self, rows: Any, **kwargs: Any) -> None:
+        """DataJoint's ``insert``, after checking every row's ``mei_seed``.
+
+        A seed that is not an integer (``1.5``, ``"3"``, ``True``) or lies outside the column's
+        range raises :class:`mei.errors.InputError` naming it, and nothing is inserted (a
+        database would round or reject it). Rows given as dicts, sequences, numpy records or a
+        pandas DataFrame are checked; inserts from a query or a CSV file are left to DataJoint.
+        ``insert1`` goes through this method.
+        """
+        rows = _check_seed_rows(rows, list(self.heading.names))
+        super().insert(rows, **kwargs)
+
+
+def _check_seed_rows(rows: Any, names: list[str]) -> Any:
+    """``rows`` (a one-shot iterator as a list) after checking each row's ``mei_seed``."""
+    module = type(rows).__module__
+    if isinstance(rows, (str, bytes, Path, type)) or hasattr(rows, "heading"):
+        return rows  # a CSV file or a query: DataJoint reads it
+    if type(rows).__name__ == "DataFrame" and module.startswith("pandas"):
+        frame = rows.reset_index() if "mei_seed" in (rows.index.names or []) else rows
+        values = frame["mei_seed"].tolist() if "mei_seed" in frame.columns else []
+        _check_seeds(values)
+        return rows
+    if module.startswith(("polars", "pyarrow")) or not isinstance(rows, Iterable):
+        return rows
+    if isinstance(rows, Iterator):
+        rows = list(rows)
+    _check_seeds(_seed_of(row, names) for row in rows)
+    return rows
+
+
+def _seed_of(row: Any, names: list[str]) -> Any:
+    """The ``mei_seed`` of one row (a dict, a numpy record, a sequence), or ``_NO_SEED``."""
+    if isinstance(row, Mapping):
+        return row.get("mei_seed", _NO_SEED)
+    fields = getattr(getattr(row, "dtype", None), "names", None)
+    if fields is not None:
+        return row["mei_seed"] if "mei_seed" in fields else _NO_SEED
+    if isinstance(row, (tuple, list)) and "mei_seed" in names:
+        index = names.index("mei_seed")
+        return row[index] if index < len(row) else _NO_SEED
+    return _NO_SEED
+
+
+_NO_SEED = object()
+
+
+def _check_seeds(values: Iterable[Any]) -> None:
+    for i, value in enumerate(values):
+        if value is not _NO_SEED:
+            check_seed(value, "mei_seed" if i == 0 else f"mei_seed of row {i}")
 
 
 class MEITemplateMixin(_Table):
@@ -301,7 +380,7 @@ class MEITemplateMixin(_Table):
         """The method and the seed of ``key`` (cheap; fetched again before inserting)."""
         method_fn, method_config = (self.method_table() & key).fetch1("method_fn", "method_config")
         seed = (self.seed_table() & key).fetch1("mei_seed")
-        return method_fn, method_config, int(seed)
+        return method_fn, method_config, check_seed(seed, "mei_seed")
 
     def make_compute(
         self, key: Key, method_fn: str, method_config: Any, seed: int
