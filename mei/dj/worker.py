@@ -31,13 +31,13 @@ def run_worker(
 ) -> dict[str, Any]:
     """One worker's loop: reserve, compute and insert batches until nothing is left.
 
-        Stops when no pending key remains, after ``max_keys`` keys or ``max_time`` seconds
-        (checked between batches), or on SIGTERM: the first SIGTERM lets the current batch finish
-        and exits; a second one interrupts it, and its reserved keys go back to the queue.
-        ``device`` overrides the method configs' device (one worker per GPU: ``"cuda:0"``, ...).
-        With ``recover_dead``, the keys of workers whose database connection is gone are returned
-        to the queue first. Returns ``{"success_count", "error_list", "keys", "stopped_by"}``
-    (``keys``: the keys this worker inserted).
+    Stops when no pending key remains, after ``max_keys`` keys or ``max_time`` seconds
+    (checked between batches), or on SIGTERM: the first SIGTERM lets the current batch finish
+    and exits; a second one interrupts it, and its reserved keys go back to the queue.
+    ``device`` overrides the method configs' device (one worker per GPU: ``"cuda:0"``, ...).
+    With ``recover_dead``, the keys of dead workers are returned to the queue first. Returns
+    ``{"success_count", "error_list", "keys", "stopped_by"}`` (``keys``: the keys this worker
+    inserted).
     """
     if device is not None:
         table.device = device
@@ -83,7 +83,7 @@ def run_worker(
                     batch_size=batch_size,
                     reserve_jobs=True,
                     suppress_errors=True,
-                    max_calls=batch_size if left is None else min(batch_size, left),
+                    max_calls=left,  # one pass over the pending keys; stop() between batches
                     display_progress=display_progress,
                     order="random",
                     stop=should_stop,
