@@ -12,7 +12,6 @@ Database helpers read the servers' addresses from the environment and skip (or, 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -53,13 +52,6 @@ def unavailable(reason: str) -> None:
 def unique_name(prefix: str) -> str:
     """A schema name no other test run uses."""
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
-
-
-def finish_worker(process, timeout: float = 300) -> dict:
-    """Wait for a ``mei worker --json`` process; return its summary (it must exit with 0)."""
-    out, err = process.communicate(timeout=timeout)
-    assert process.returncode == 0, err
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def wait_for(condition, timeout: float = 60.0, what: str = "condition", processes=()):
