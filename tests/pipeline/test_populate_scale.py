@@ -167,7 +167,10 @@ def test_four_workers_compute_every_key_once_and_record_errors(
     assert len(lab.MEI()) == SHARED_NEURONS
     [error] = labs.jobs(lab, "error")
     assert error["key"]["neuron_id"] == 999 and "IndexError" in error["error_message"]
-    assert "Traceback" in error["error_stack"]
+    assert "Traceback" in (error["error_stack"] or ""), (
+        error,
+        *(w.log.read_text() for w in workers),
+    )
     assert len(labs.jobs(lab, "reserved")) == 0
     assert len(labs.mei_files(store, lab)) == 2 * SHARED_NEURONS
 
