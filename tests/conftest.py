@@ -1,14 +1,15 @@
-"""Collect the DataJoint tests that fit the installed DataJoint generation.
+"""Collect the test folders the environment can run.
 
-``tests/dj`` needs DataJoint 2.x, ``tests/dj014`` DataJoint 0.14 (with NNFabrik); a virtual
-environment has one or the other, or neither (then only the engine tests run).
+``tests/engine`` and ``tests/tools`` are always collected (the tools tests that need DataJoint
+2.x skip themselves without it). ``tests/pipeline`` needs DataJoint, either generation (2.x,
+or 0.14 with NNFabrik): its conftest picks the generation's lab and fixtures.
 """
 
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-# tests/mei_testkit.py is shared by both DataJoint test folders.
+# tests/mei_testkit.py is shared by the pipeline and tools tests.
 sys.path.insert(0, str(Path(__file__).parent))
 
 try:
@@ -16,14 +17,9 @@ try:
 except PackageNotFoundError:
     _DJ_MAJOR = None
 
-if _DJ_MAJOR is None:
-    collect_ignore = ["dj", "dj014"]
-elif _DJ_MAJOR >= 2:
-    collect_ignore = ["dj014"]
-else:
-    collect_ignore = ["dj"]
+collect_ignore = ["pipeline"] if _DJ_MAJOR is None else []
 
 
 def pytest_report_header(config):
     found = "not installed" if _DJ_MAJOR is None else version("datajoint")
-    return f"datajoint: {found}; skipped test folders: {', '.join(collect_ignore)}"
+    return f"datajoint: {found}; skipped test folders: {', '.join(collect_ignore) or 'none'}"

@@ -1,4 +1,4 @@
-"""Shared by the DataJoint tests of both generations (tests/dj, tests/dj014).
+"""Shared by the pipeline tests of both DataJoint generations (tests/pipeline).
 
 A linear "digital twin" whose MEI is known: neuron ``u`` responds ``w_u . x + b_u``, so under a
 fixed input norm its MEI is ``norm * w_u / |w_u|`` with response ``norm * |w_u| + b_u``; for an
@@ -12,7 +12,6 @@ Database helpers read the servers' addresses from the environment and skip (or, 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -55,21 +54,25 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
-def finish_worker(process, timeout: float = 300) -> dict:
-    """Wait for a ``mei worker --json`` process; return its summary (it must exit with 0)."""
-    out, err = process.communicate(timeout=timeout)
-    assert process.returncode == 0, err
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:
-    """Poll ``condition()`` every 0.1 s until it is true, or fail after ``timeout`` seconds."""
+def wait_for(condition, timeout: float = 60.0, what: str = "condition", processes=()):
+    """Poll ``condition()`` every 0.05 s until it returns something true, and return that; fail
+    after ``timeout`` seconds, or as soon as one of ``processes`` (``Popen``) exits, showing its
+    output."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    while True:
+        value = condition()
+        if value:
+            return value
+        for process in processes:
+            if process.poll() is not None:
+                out, err = process.communicate()
+                raise AssertionError(
+                    f"while waiting for {what}, process {process.args} exited with "
+                    f"{process.returncode}:\n{out}\n{err}"
+                )
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
 
 
 def stored_files(store: Path) -> list[Path]:
@@ -161,6 +164,58 @@ def check_mei(
     start = start * NORM / start.norm()
     initial_response = float(start.flatten() @ weight) + bias
     assert float(mei.flatten() @ weight) + bias > initial_response + 0.5 * NORM * weight.norm()
+
+
+class Gate:
+    """Holds runs of :func:`gated_method` at their start until the test opens it.
+
+    ``Gate(folder).config(METHOD_CONFIG)`` is a method config for ``gated_method``; each run
+    (one key, or one batch of keys) leaves a file in ``folder`` when it reaches the gate and
+    then waits while the gate is closed, so a test can act on a worker that is certainly in
+    the middle of a batch (no sleeping and hoping).
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.closed = self.folder / "closed"
+
+    def config(self, config: dict) -> dict:
+        return {**config, "gate": str(self.folder)}
+
+    def close(self) -> None:
+        self.closed.touch()
+
+    def open(self) -> None:
+        self.closed.unlink()
+
+    def arrivals(self) -> int:
+        """How many runs reached the gate."""
+        return len(list(self.folder.glob("arrived-*")))
+
+
+def _wait_at_gate(config: dict, timeout: float = 120.0) -> dict:
+    """Wait at the gate of ``config``; return the config without it."""
+    gate = Gate(config["gate"])
+    (gate.folder / f"arrived-{os.getpid()}-{uuid.uuid4().hex}").touch()
+    deadline = time.monotonic() + timeout
+    while gate.closed.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gate {gate.folder} was not opened within {timeout} s")
+        time.sleep(0.02)
+    return {k: v for k, v in config.items() if k != "gate"}
+
+
+def gated_method(dataloaders, model, config, seed):
+    """``gradient_ascent`` that first waits at the :class:`Gate` of its config."""
+    return gradient_ascent(dataloaders, model, _wait_at_gate(config), seed)
+
+
+def _gated_units(dataloaders, model, config, seed, units, **kwargs):
+    return gradient_ascent.batched(dataloaders, model, _wait_at_gate(config), seed, units, **kwargs)
+
+
+gated_method.batched = _gated_units
 
 
 def nan_score_method(dataloaders, model, config, seed):

@@ -7,8 +7,8 @@ fetch API, stored files, job tables and dropping. :func:`backend` returns the on
 asks which generation it runs on.
 
 This is also the only module that touches private DataJoint names (``_jobs``, ``_get_pk``,
-``_allow_insert``, ``_jobs_to_do``, ``connection._config``, ``_remove_external_file``,
-``_make_uuid_path``): each is used in exactly one method here, and
+``_allow_insert``, ``_jobs_to_do``, ``Job._heading``, ``connection._config``,
+``_remove_external_file``, ``_make_uuid_path``): each is used in exactly one method here, and
 :meth:`Backend.missing_internals` lists the ones the installed DataJoint no longer has, so a
 DataJoint release that changes them fails mei's tests loudly instead of its users' runs.
 
@@ -309,14 +309,32 @@ def _declare_concurrently(jobs: Any, attempts: int = 10) -> None:
     """Declare a 2.x jobs table that several workers may be declaring at the same moment."""
     for attempt in range(attempts):
         if jobs.is_declared:
-            return
+            break
         try:
             jobs.declare()
-            return
+            break
         except Exception:  # another worker won the race (or is half-way): look again
             if attempt == attempts - 1 and not jobs.is_declared:
                 raise
             time.sleep(0.1 * (attempt + 1))
+    _await_codecs(jobs)
+
+
+def _await_codecs(jobs: Any, timeout: float = 30.0) -> None:
+    """Give ``jobs`` a heading read after its declaration is complete.
+
+    On PostgreSQL DataJoint declares a table with ``CREATE TABLE`` and then ``COMMENT ON``
+    each column, outside a transaction, and the comments carry the codecs (``error_stack``
+    is ``<blob>``). A worker that reads the heading in between keeps it without the codec and
+    writes its error tracebacks unencoded, so that they read back as ``None``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        heading = type(jobs._heading)(table_info=jobs._heading.table_info)
+        if heading.attributes["error_stack"].codec is not None or time.monotonic() > deadline:
+            jobs._heading = heading
+            return
+        time.sleep(0.05)
 
 
 def worker_identity() -> tuple[str, int]:
@@ -698,6 +716,7 @@ class DataJoint2(Backend):
         ("datajoint.autopopulate:AutoPopulate", "_jobs_to_do"),
         ("datajoint.autopopulate:AutoPopulate", "_jobs"),
         ("datajoint.jobs:Job", "_get_pk"),
+        ("datajoint.jobs:Job", "_heading"),
         ("datajoint.connection:Connection", "_config"),
         ("datajoint.connection:Connection", "connection_id"),
         ("datajoint.connection:Connection", "conn_info"),

@@ -1,14 +1,17 @@
-"""mei.main's tables on DataJoint 2.x: adding methods, links, import and activation."""
+"""mei.main's tables: adding methods, links, import and activation (both DataJoint generations)."""
 
 from __future__ import annotations
 
 import copy
 import importlib
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections import OrderedDict
+from pathlib import Path
 
 import datajoint as dj
 import pytest
@@ -86,8 +89,8 @@ def test_add_method_hash_and_duplicates(schema, mei_main):
 
 def test_links_must_be_set(schema):
     class Dataset(dj.Manual):
-        definition = """
-        dataset_id : int32
+        definition = f"""
+        dataset_id : {backend().type_map("minio")["int"]}
         """
 
     schema(Dataset)
@@ -107,6 +110,7 @@ def test_links_must_be_set(schema):
     assert "MEI.trained_model_table is not set" in str(error.value.__context__)
 
 
+@pytest.mark.generation(2)
 def test_type_map_and_definitions():
     assert backend().generation == 2
     assert backend().type_map("minio")["file"] == "<object@minio>"
@@ -115,21 +119,36 @@ def test_type_map_and_definitions():
         backend().type_map("my store")
 
 
-def _run(code: str, **env: str) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter with this session's DataJoint settings."""
+def _run(code: str, port: int | None = None, **env: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter with this session's DataJoint settings; ``port``
+    replaces the server's port."""
     environment = {
         **os.environ,
-        "DJ_BACKEND": dj.config["database.backend"],
-        "DJ_HOST": dj.config["database.host"],
-        "DJ_PORT": str(dj.config["database.port"]),
         "DJ_USER": dj.config["database.user"],
         "DJ_PASS": os.environ.get("DJ_PASS", ""),
-        "DJ_USE_TLS": "false",
         **env,
     }
+    if backend().generation == 2:
+        environment.update(
+            DJ_BACKEND=dj.config["database.backend"],
+            DJ_HOST=dj.config["database.host"],
+            DJ_PORT=str(port or dj.config["database.port"]),
+            DJ_USE_TLS="false",
+        )
+        return _python(code, environment, cwd=None)
+    # 0.14 reads no TLS setting from the environment, but dj_local_conf.json in the cwd
+    host = dj.config["database.host"].rsplit(":", 1)[0]
+    environment["DJ_HOST"] = f"{host}:{port}" if port else dj.config["database.host"]
+    with tempfile.TemporaryDirectory() as cwd:
+        (Path(cwd) / "dj_local_conf.json").write_text(json.dumps({"database.use_tls": False}))
+        return _python(code, environment, cwd=cwd)
+
+
+def _python(code: str, environment: dict, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         env=environment,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
@@ -150,7 +169,7 @@ def test_importing_connects_to_nothing():
         except Exception as e:
             print("first use connects:", type(e).__name__)
         """,
-        DJ_PORT="1",
+        port=1,
     )
     assert result.returncode == 0, result.stderr
     assert "first use connects" in result.stdout
@@ -170,7 +189,7 @@ def test_first_use_activates_the_default_schema(connection):
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines()[-1].split() == [name, "1"]
     finally:
-        dj.Schema(name, create_schema=False).drop(prompt=False)
+        backend().drop_schema(dj.Schema(name, create_schema=False))
 
 
 def test_components_asking_for_the_key_get_it():
@@ -222,7 +241,7 @@ def test_credentials_are_never_printed(connection):
     finally:
         schema = dj.Schema(name, create_schema=False) if _schema_exists(name) else None
         if schema is not None:
-            schema.drop(prompt=False)
+            backend().drop_schema(schema)
 
 
 def _schema_exists(name: str) -> bool:

@@ -1,14 +1,15 @@
-"""A lab's pipeline on DataJoint 0.14 with NNFabrik, written as the README tells users to."""
+"""A lab's pipeline on DataJoint 0.14 with NNFabrik, written as the README tells users to.
+
+Filled by :func:`labs.build`.
+"""
 
 from __future__ import annotations
 
 from types import ModuleType, SimpleNamespace
 
 import datajoint as dj
-from mei_testkit import N_UNITS
-from nnfabrik.templates.trained_model import TrainedModelBase
+from nnfabrik.templates.trained_model import DataInfoBase, TrainedModelBase
 
-from mei.integration import make_hash
 from mei.main import MEITemplate, TrainedEnsembleModelTemplate
 from mei.modules import ConstrainedOutputModel
 
@@ -17,6 +18,15 @@ def declare(nnf: ModuleType) -> SimpleNamespace:
     """Declare the lab's tables in the schema of the NNFabrik module ``nnf``."""
     schema = nnf.schema
     Dataset = nnf.Dataset
+
+    @schema
+    class DataInfo(DataInfoBase):
+        """Left empty: NNFabrik's ``load_model(include_dataloader=False)`` looks for the table
+        and, finding no entry, builds the model from the dataloaders."""
+
+        nnfabrik = nnf
+
+    nnf.DataInfo = DataInfo
 
     @schema
     class TrainedModel(TrainedModelBase):
@@ -51,24 +61,3 @@ def declare(nnf: ModuleType) -> SimpleNamespace:
         selector_table = Selector
 
     return SimpleNamespace(nnf=nnf, **{k: v for k, v in locals().items() if isinstance(v, type)})
-
-
-def fill(lab: SimpleNamespace) -> dict:
-    """Add a dataset, a model, a trainer and a diverging trainer, two seeds; train them all.
-
-    Returns the keys ``dataset``, ``trainer`` and ``diverging``.
-    """
-    nnf = lab.nnf
-    nnf.Fabrikant().add_entry("tester", "tester@example.org", "mei tests")
-    dataset = nnf.Dataset().add_entry(
-        "mei_testkit.linear_dataset", {"n_units": N_UNITS}, dataset_fabrikant="tester"
-    )
-    nnf.Model().add_entry("mei_testkit.linear_model", {}, model_fabrikant="tester")
-    trainer = nnf.Trainer().add_entry("mei_testkit.lstsq_trainer", {}, trainer_fabrikant="tester")
-    diverging = nnf.Trainer().add_entry(
-        "mei_testkit.lstsq_trainer", {"diverge": True}, trainer_fabrikant="tester"
-    )
-    assert trainer["trainer_hash"] == make_hash({})
-    nnf.Seed().insert([{"seed": 1}, {"seed": 2}])
-    lab.TrainedModel().populate()
-    return {"dataset": dataset, "trainer": trainer, "diverging": diverging}

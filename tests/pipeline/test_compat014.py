@@ -14,6 +14,8 @@ from mei.dj.backend import backend
 from mei.integration import hash_list_of_dictionaries, make_hash
 from mei.main import MEITemplate, TrainedEnsembleModelTemplate
 
+pytestmark = pytest.mark.generation(0)
+
 CONFIGS = [
     METHOD_CONFIG,
     {"b": 1, "a": [1, 2.5, "x"], "c": {"z": (1, None, True), 1: "one"}},

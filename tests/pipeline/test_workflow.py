@@ -1,20 +1,16 @@
-"""The issue's workflow end to end on DataJoint 2.x, and what happens when it goes wrong."""
+"""The issue's workflow end to end, and what happens when it goes wrong: on DataJoint 2.x with a
+hand-written lab, on 0.14 with real NNFabrik 0.2.1 tables."""
 
 from __future__ import annotations
 
 import math
 
-import lab2
+import labs
 import pytest
 import torch
-from mei_testkit import (
-    METHOD_CONFIG,
-    N_UNITS,
-    check_mei,
-    ensemble_unit,
-    stored_files,
-)
+from mei_testkit import METHOD_CONFIG, N_UNITS, check_mei, ensemble_unit, stored_files
 
+from mei.dj.backend import backend
 from mei.errors import NonFiniteError
 from mei.integration import hash_list_of_dictionaries
 from mei.methods import gradient_ascent
@@ -23,27 +19,15 @@ from mei.modules import ConstrainedOutputModel, EnsembleModel
 SEED = 42
 
 
-def make_lab(schema):
-    """Declare the lab's tables and train two seeds x two trainers on one dataset."""
-    lab = lab2.declare(schema)
-    lab.Dataset.insert1({"dataset_id": 1, "dataset_config": {"n_units": N_UNITS}})
-    lab.Trainer.insert(
-        [
-            {"trainer_id": 1, "trainer_config": {}},
-            {"trainer_id": 2, "trainer_config": {"diverge": True}},
-        ]
-    )
-    lab.ModelSeed.insert([{"model_seed": 1}, {"model_seed": 2}])
-    lab.TrainedModel.populate()
-    return lab
-
-
-def test_workflow_end_to_end(schema, mei_main, store):
-    lab = make_lab(schema)
-    ensemble_key = lab.TrainedEnsembleModel().create_ensemble(
-        {"dataset_id": 1, "trainer_id": 1}, comment="My ensemble"
-    )
+def _ready(lab, restriction, comment=""):
+    """An ensemble of the models under ``restriction``, the selector filled."""
+    ensemble_key = lab.TrainedEnsembleModel().create_ensemble(restriction, comment=comment)
     lab.Selector().populate()
+    return ensemble_key
+
+
+def test_workflow_end_to_end(request, lab, mei_main, store):
+    ensemble_key = _ready(lab, lab.ensemble_restriction, comment="My ensemble")
     method_key = mei_main.MEIMethod().add_method(
         "mei.methods.gradient_ascent", METHOD_CONFIG, comment="My MEI method"
     )
@@ -51,6 +35,8 @@ def test_workflow_end_to_end(schema, mei_main, store):
     table = lab.MEI()
     table.populate()
 
+    if lab.generation == 0:  # mei's tables went to NNFabrik's core schema, like the original's
+        assert mei_main.schema.database == request.getfixturevalue("nnfabrik_main").schema.database
     assert len(lab.MEI()) == N_UNITS
     dataloaders, ensemble = lab.TrainedEnsembleModel().load_model(ensemble_key)
     assert isinstance(ensemble, EnsembleModel) and len(ensemble.members) == 2
@@ -69,6 +55,12 @@ def test_workflow_end_to_end(schema, mei_main, store):
         assert list(output) == ["mei.objectives.EvaluationObjective"]
         # and it is the known optimum of the ensemble's unit
         check_mei(mei, score, *ensemble_unit(list(ensemble.members), unit), seed=SEED)
+        # each stored file is traceable to its row
+        if lab.generation == 0:
+            for pattern in backend().attachment_names(key):
+                assert len(list(store.rglob(f"*.{pattern}"))) == 1, pattern
+        else:
+            assert len(stored_files(store / backend().key_folder(table, key))) == 2
 
     # the method table runs a method directly too
     row = mei_main.MEIMethod().generate_mei(
@@ -87,6 +79,7 @@ def test_workflow_end_to_end(schema, mei_main, store):
     assert [p.requires_grad for p in cached.parameters()] == [
         p.requires_grad for p in fresh.parameters()
     ]
+    assert all(p.requires_grad for p in cached.parameters())
     for (name, value), (_, fresh_value) in zip(
         cached.state_dict().items(), fresh.state_dict().items(), strict=True
     ):
@@ -97,45 +90,40 @@ def test_workflow_end_to_end(schema, mei_main, store):
     assert len(lab.MEI()) == N_UNITS
 
 
-def test_create_ensemble(schema, mei_main):
-    lab = make_lab(schema)
+def test_create_ensemble(lab, mei_main):
     ensembles = lab.TrainedEnsembleModel()
-    key = ensembles.create_ensemble({"dataset_id": 1, "trainer_id": 1}, comment="first")
-    members = (lab.TrainedModel & {"dataset_id": 1, "trainer_id": 1}).keys()
-    assert key == {"dataset_id": 1, "ensemble_hash": hash_list_of_dictionaries(members)}
+    key = ensembles.create_ensemble(lab.ensemble_restriction, comment="first")
+    members = backend().keys(lab.TrainedModel & lab.ensemble_restriction)
+    assert len(members) == 2
+    assert key == dict(lab.dataset_key, ensemble_hash=hash_list_of_dictionaries(members))
     assert len(lab.TrainedEnsembleModel.Member & key) == 2
     assert (lab.TrainedEnsembleModel & key).fetch1("ensemble_comment") == "first"
     # the same members again: the same ensemble, nothing changes
-    assert ensembles.create_ensemble({"dataset_id": 1, "trainer_id": 1}, "other") == key
+    assert ensembles.create_ensemble(lab.ensemble_restriction, "other") == key
     assert (lab.TrainedEnsembleModel & key).fetch1("ensemble_comment") == "first"
     # a single model is an ensemble too, with its own hash
-    single = ensembles.create_ensemble({"dataset_id": 1, "trainer_id": 1, "model_seed": 2})
+    single = ensembles.create_ensemble(lab.model_key(2))
     assert single["ensemble_hash"] != key["ensemble_hash"]
-    assert ensembles.member_keys(single) == [{"dataset_id": 1, "trainer_id": 1, "model_seed": 2}]
+    assert ensembles.member_keys(single) == [lab.model_key(2)]
     assert len(lab.TrainedEnsembleModel()) == 2
 
     model = ensembles.load_model(single, include_dataloader=False)
     assert isinstance(model, EnsembleModel) and len(model.members) == 1
 
-    lab.Dataset.insert1({"dataset_id": 2, "dataset_config": {"n_units": 2}})
+    with pytest.raises(ValueError, match="at least one trained model"):
+        ensembles.create_ensemble(dict(lab.dataset_key, **lab.keys["missing_trainer"]))
+    other_dataset = lab.add_dataset(n_units=2)
     with pytest.raises(ValueError, match="exactly one entry, it matches 2"):
         ensembles.create_ensemble({})
     with pytest.raises(ValueError, match="at least one trained model"):
-        ensembles.create_ensemble({"dataset_id": 2})
+        ensembles.create_ensemble(other_dataset)
     with pytest.raises(ValueError, match="exactly one ensemble"):
-        ensembles.load_model({"dataset_id": 1})
+        ensembles.load_model(lab.dataset_key)
     assert len(lab.TrainedEnsembleModel()) == 2
 
 
-def _ready_lab(schema, trainer_id):
-    lab = make_lab(schema)
-    lab.TrainedEnsembleModel().create_ensemble({"dataset_id": 1, "trainer_id": trainer_id})
-    lab.Selector().populate()
-    return lab
-
-
-def test_populate_without_method_or_seed_does_nothing(schema, mei_main, store):
-    lab = _ready_lab(schema, trainer_id=1)
+def test_populate_without_method_or_seed_does_nothing(lab, mei_main, store):
+    _ready(lab, lab.ensemble_restriction)
     before = stored_files(store)
     lab.MEI().populate()
     mei_main.MEIMethod().add_method("mei.methods.gradient_ascent", METHOD_CONFIG)
@@ -149,8 +137,8 @@ def test_populate_without_method_or_seed_does_nothing(schema, mei_main, store):
     assert stored_files(store) == before
 
 
-def test_diverged_model_leaves_no_row_and_no_file(schema, mei_main, store):
-    lab = _ready_lab(schema, trainer_id=2)  # NaN weights
+def test_diverged_model_leaves_no_row_and_no_file(lab, mei_main, store):
+    _ready(lab, lab.diverging_restriction)  # NaN weights
     mei_main.MEIMethod().add_method("mei.methods.gradient_ascent", METHOD_CONFIG)
     mei_main.MEISeed().insert1({"mei_seed": SEED})
     before = stored_files(store)
@@ -161,15 +149,15 @@ def test_diverged_model_leaves_no_row_and_no_file(schema, mei_main, store):
     # with the job queue the errors are recorded for everyone to see
     errors = lab.MEI().populate(reserve_jobs=True, suppress_errors=True)
     assert len(errors["error_list"]) == N_UNITS
-    messages = lab.MEI().jobs.errors.to_dicts()
+    messages = labs.jobs(lab, "error")
     assert len(messages) == N_UNITS
     assert all(m["error_message"].startswith("NonFiniteError") for m in messages)
     assert len(lab.MEI()) == 0
     assert stored_files(store) == before
 
 
-def test_failed_insert_leaves_no_orphan_file(schema, mei_main, store):
-    lab = _ready_lab(schema, trainer_id=1)
+def test_failed_insert_leaves_no_orphan_file(lab, mei_main, store):
+    _ready(lab, lab.ensemble_restriction)
     mei_main.MEIMethod().add_method("mei_testkit.overflowing_method", METHOD_CONFIG)
     mei_main.MEISeed().insert1({"mei_seed": SEED})
     before = stored_files(store)
@@ -179,10 +167,12 @@ def test_failed_insert_leaves_no_orphan_file(schema, mei_main, store):
         lab.MEI().populate()
     assert len(lab.MEI()) == 0
     assert stored_files(store) == before
+    if lab.generation == 0:  # and no external-table entries either (only the model states)
+        assert len(lab.MEI().external["minio"]) == len(lab.TrainedModel.ModelStorage())
 
 
-def test_stored_types(schema, mei_main):
-    lab = _ready_lab(schema, trainer_id=1)
+@pytest.mark.generation(2)
+def test_stored_types(lab, mei_main):
     heading = lab.MEI().heading
     assert heading["mei"].type == heading["output"].type == "<object@minio>"
     assert "<blob>" in mei_main.MEIMethod().heading["method_config"].type

@@ -10,7 +10,7 @@ from torch import nn
 
 from mei.integration import ModelLoader, hash_list_of_dictionaries, make_hash
 
-# Digests computed with NNFabrik 0.2.1's own make_hash (tests/dj014 compares live).
+# Digests computed with NNFabrik 0.2.1's own make_hash (test_compat014.py compares live).
 EXAMPLE_CONFIG = {
     "device": "cpu",
     "initial": {"path": "mei.initial.RandomNormal"},
