@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -48,7 +49,8 @@ def run(variant: str, model: LinearReadout, batch: int, steps: int) -> object:
 def peak_rss(variant: str, batch: int, steps: int, neurons: int) -> int:
     """Peak resident bytes of a fresh process running ``variant`` once."""
     code = (
-        "import sys; sys.path.insert(0, 'benchmarks');"
+        # drop '' (the current directory) so that mei comes from PYTHONPATH, as in the parent
+        f"import sys; sys.path[0] = {os.path.dirname(os.path.abspath(__file__))!r};"
         "import torch; torch.set_num_threads(1);"
         "from engine_overhead import run; from models import LinearReadout;"
         f"run({variant!r}, LinearReadout({neurons}), {batch}, {steps});"
