@@ -37,3 +37,21 @@ class ConvCoreReadout(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.elu(self.readout(self.core(x))) + 1
+
+
+class LinearReadout(nn.Module):
+    """A near-free model: ``(B, 1, 36, 64) -> (B, n_neurons)``, one linear readout per neuron.
+
+    The framework's cost dominates: what an engine adds per step shows up undiluted.
+    """
+
+    def __init__(self, n_neurons: int = 1000, shape: tuple[int, ...] = (1, 36, 64), seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        size = 1
+        for s in shape:
+            size *= s
+        self.weight = nn.Parameter(torch.randn(n_neurons, size, generator=g) / size**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.weight.T

@@ -68,3 +68,18 @@ def per_element(x: Tensor) -> Tensor:
 def expand_like(values: Tensor, x: Tensor) -> Tensor:
     """Reshape per-element ``values`` of shape ``(B,)`` to broadcast against ``x``."""
     return values.reshape(len(x), *([1] * (x.dim() - 1)))
+
+
+def batched_form(components: Sequence[Any]) -> Any:
+    """The batched form of ``components`` (one per batch element), or ``None``.
+
+    There is one when all components are of one class that defines the classmethod
+    ``batched`` itself (a subclass may change what its parent computes, so it does not
+    inherit the form) and ``batched(components)`` does not return ``None``.
+    """
+    if not components:
+        return None
+    cls = type(components[0])
+    if "batched" not in vars(cls) or any(type(c) is not cls for c in components):
+        return None
+    return cls.batched(list(components))

@@ -3,11 +3,13 @@
 A step optimizes a whole batch of MEIs; the engine hands every stopper and tracker one
 :class:`State` per batch element. States are *lazy*: they keep the step's tensors on the device
 and copy to the CPU only the attributes somebody reads, so a stopper that looks only at
-``i_iter`` never forces a device synchronization.
+``i_iter`` never forces a device synchronization. Stoppers and objectives with a batched form
+(see :mod:`mei.typing`) read the batch's :class:`StepRecord` directly and need no States.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,29 +29,45 @@ _FIELDS = (
 )
 
 
+#: The State attributes a :class:`StepRecord` holds as batch tensors.
+RECORD_FIELDS = frozenset(_FIELDS) - {"i_iter", "stopper_output"}
+
+
 @dataclass(eq=False)
 class StepRecord:
     """Device-side record of one step of a batch; shared by the batch's lazy States.
 
     Tensor attributes have the batch as first dimension; ``reg_term`` is ``None`` without
     regularization. CPU copies are made once per attribute and step, on first use.
+
+    A step asked to keep only some attributes (``MEI.step(keep=...)``) records ``None`` for
+    the others (``dropped`` names them), so that nobody's unread copies cost time or memory;
+    reading a dropped attribute raises ``RuntimeError``. ``stopper_outputs`` holds the batched
+    stopper's outputs, ``{element: output}``, for the States made after it ran.
     """
 
     i_iter: int
     evaluation: Tensor
     reg_term: Tensor | None
-    input_: Tensor
-    transformed_input: Tensor
-    post_processed_input: Tensor
-    grad: Tensor
-    preconditioned_grad: Tensor
+    input_: Tensor | None
+    transformed_input: Tensor | None
+    post_processed_input: Tensor | None
+    grad: Tensor | None
+    preconditioned_grad: Tensor | None
+    dropped: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self._cpu: dict[str, Tensor] = {}
+        self.stopper_outputs: Mapping[int, Any] | None = None
 
     def cpu(self, name: str) -> Tensor:
         """The whole batch's ``name`` on the CPU (one transfer, cached)."""
         if name not in self._cpu:
+            if name in self.dropped:
+                raise RuntimeError(
+                    f"step {self.i_iter} did not keep {name!r}: a batched stopper or objective "
+                    "read what its reads() did not name"
+                )
             self._cpu[name] = getattr(self, name).detach().to("cpu")
         return self._cpu[name]
 
@@ -124,7 +142,9 @@ class State:
         state = cls.__new__(cls)
         state._record = record
         state._index = index
-        state._values = {"i_iter": record.i_iter, "stopper_output": None}
+        outputs = record.stopper_outputs
+        output = None if outputs is None else outputs.get(index)
+        state._values = {"i_iter": record.i_iter, "stopper_output": output}
         return state
 
     def _get(self, name: str) -> Any:

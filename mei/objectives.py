@@ -3,14 +3,21 @@
 The maximized quantity is always the model's evaluation minus the regularization term. An
 objective looks at a :class:`~mei.domain.State` and returns a value to record, or ``None`` for
 "nothing at this step". The :class:`~mei.tracking.Tracker` logs the values per objective.
+
+The built-in objectives also have a batched form (``batched(objectives)``, see
+:class:`~mei.typing.BatchedObjective`): on the steps between intervals it costs one modulo
+for the whole batch, and on the others it copies the field once for the batch.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
+from ._batched import IntervalBatch
 from .domain import State
+from .typing import BatchedObjective
 
 
 class Objective(ABC):
@@ -47,12 +54,20 @@ class EvaluationObjective(RegularIntervalObjective):
     def compute(self, current_state: State) -> float:
         return current_state.evaluation
 
+    @classmethod
+    def batched(cls, objectives: Sequence[EvaluationObjective]) -> BatchedObjective:
+        return IntervalBatch(objectives, "evaluation")
+
 
 class RegularizationObjective(RegularIntervalObjective):
     """The regularization term (a float)."""
 
     def compute(self, current_state: State) -> float:
         return current_state.reg_term
+
+    @classmethod
+    def batched(cls, objectives: Sequence[RegularizationObjective]) -> BatchedObjective:
+        return IntervalBatch(objectives, "reg_term")
 
 
 class PostProcessedInputObjective(RegularIntervalObjective):
@@ -61,9 +76,17 @@ class PostProcessedInputObjective(RegularIntervalObjective):
     def compute(self, current_state: State) -> Any:
         return current_state.post_processed_input
 
+    @classmethod
+    def batched(cls, objectives: Sequence[PostProcessedInputObjective]) -> BatchedObjective:
+        return IntervalBatch(objectives, "post_processed_input")
+
 
 class GradientObjective(RegularIntervalObjective):
     """The gradient before preconditioning (a CPU tensor)."""
 
     def compute(self, current_state: State) -> Any:
         return current_state.grad
+
+    @classmethod
+    def batched(cls, objectives: Sequence[GradientObjective]) -> BatchedObjective:
+        return IntervalBatch(objectives, "grad")

@@ -8,22 +8,36 @@ One step, for every element of the batch at once::
 Exactly one forward and one backward pass per step. Nothing is copied to the host unless a
 stopper or objective reads it (see :class:`~mei.domain.State`); a non-finite evaluation is
 detected on the device and reported every ``check_every`` steps and at the end.
+
+Stoppers and objectives with a batched form (see :mod:`mei.typing`) are called once per step
+for the whole batch, and say which step attributes they read: a step nobody reads from keeps
+no copies of the input and no gradients. Components without one get a State per element, as
+in the original library, and the step keeps everything a State may give.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol, cast, overload
 
 import torch
 from torch import Tensor
 
-from .domain import Input, State, StepRecord
+from ._components import batched_form
+from .domain import RECORD_FIELDS, Input, State, StepRecord
 from .errors import ComponentError, ModelError, NonFiniteError
-from .tracking import Tracker
+from .tracking import BatchTracking, Tracker
 from .transforms import final_transform
-from .typing import Model, PostProcessing, Precondition, Regularization, Stopper, Transform
+from .typing import (
+    BatchedStopper,
+    Model,
+    PostProcessing,
+    Precondition,
+    Regularization,
+    Stopper,
+    Transform,
+)
 
 
 class Progress(Protocol):
@@ -109,11 +123,19 @@ class MEI:
             )
         return term
 
-    def step(self) -> StepRecord:
-        """Perform one step for the whole batch and return its record."""
+    def step(self, keep: Collection[str] | None = None) -> StepRecord:
+        """Perform one step for the whole batch and return its record.
+
+        ``keep`` names the record's tensor attributes somebody will read (default: all); the
+        others are not copied nor kept (``None`` in the record). The evaluation and the
+        regularization term are always kept.
+        """
         x = self._input
         i = self.i_iter
-        input_before = x.detach().clone()
+        dropped = frozenset() if keep is None else _DROPPABLE.difference(keep)
+        keep_transformed = "transformed_input" not in dropped
+        keep_before = keep_transformed or "input_" not in dropped
+        input_before = x.detach().clone() if keep_before else None
         first: dict[str, Any] = {}
 
         def closure() -> Tensor:
@@ -144,11 +166,17 @@ class MEI:
                 x.grad = preconditioned
             if not first:
                 first.update(
-                    transformed=_as_seen(transformed.detach(), x, input_before),
+                    transformed=(
+                        _as_seen(transformed.detach(), x, input_before)
+                        if input_before is not None and keep_transformed
+                        else None
+                    ),
                     evaluation=evaluation.detach(),
                     reg_term=None if reg_term is None else reg_term.detach(),
-                    grad=grad.detach(),
-                    preconditioned=preconditioned.detach(),
+                    grad=None if "grad" in dropped else grad.detach(),
+                    preconditioned=(
+                        None if "preconditioned_grad" in dropped else preconditioned.detach()
+                    ),
                 )
             return loss
 
@@ -178,11 +206,14 @@ class MEI:
             i_iter=i,
             evaluation=first["evaluation"],
             reg_term=first["reg_term"],
-            input_=input_before,
+            input_=None if "input_" in dropped else input_before,
             transformed_input=first["transformed"],
-            post_processed_input=x.detach().clone(),
+            post_processed_input=(
+                None if "post_processed_input" in dropped else x.detach().clone()
+            ),
             grad=first["grad"],
             preconditioned_grad=first["preconditioned"],
+            dropped=dropped,
         )
 
     def freeze(self, indices: Sequence[int]) -> None:
@@ -224,6 +255,11 @@ class MEI:
             f"postprocessing={self.postprocessing!r}",
         ]
         return f"MEI({', '.join(parts)})"
+
+
+#: What a step may leave out of its record: everything but the evaluation and the
+#: regularization term (one value per element each).
+_DROPPABLE = RECORD_FIELDS - {"evaluation", "reg_term"}
 
 
 def _takes_closure(optimizer: Any) -> bool:
@@ -326,33 +362,82 @@ def optimize(
             f"need one stopper and one tracker per batch element ({mei.batch_size}), got "
             f"{len(stoppers)} and {len(trackers)}"
         )
+    stopping = _Stopping(stoppers)
+    tracking = BatchTracking(trackers)
     active = list(range(mei.batch_size))
     while active:
-        record = mei.step()
-        stopped = []
-        for b in active:
-            state = State.from_record(record, b)
-            result = stoppers[b](state)
-            if not (isinstance(result, tuple) and len(result) == 2):
-                raise ComponentError(
-                    f"a stopper must return (stop, output), {stoppers[b]!r} returned {result!r}"
-                )
-            stop, state.stopper_output = result
-            trackers[b].track(state)
-            if stop:
-                stopped.append(b)
+        keep = _union(stopping.reads(mei.i_iter), tracking.reads(mei.i_iter))
+        record = mei.step(keep)
+        states: dict[int, State] = {}
+
+        def state(b: int, record: StepRecord = record, states: dict[int, State] = states) -> State:
+            current = states.get(b)
+            if current is None:
+                current = states[b] = State.from_record(record, b)
+            return current
+
+        stopped = stopping.step(record, active, state, tracking.needs_states)
+        tracking.track(record, active, state)
         if stopped:
-            active = [b for b in active if b not in stopped]
+            done = set(stopped)
+            active = [b for b in active if b not in done]
             if active:
                 mei.freeze(stopped)
+        del record, states, state  # the next step's tensors do not meet this step's
         if progress is not None:
             progress.update(1)
-        if record.i_iter % check_every == check_every - 1:
+        if mei.i_iter % check_every == 0:
             mei.check_finite()
     mei.check_finite()
     scores = mei.evaluate()
     if not bool(torch.isfinite(scores).all()):
         raise NonFiniteError(f"the final evaluation is not finite: {scores.tolist()}")
-    values = [float(s) for s in scores.cpu()]
+    values: list[float] = scores.cpu().tolist()
     inputs = mei.current_input
     return (values[0], inputs) if single else (values, inputs)
+
+
+def _union(a: Collection[str] | None, b: Collection[str] | None) -> Collection[str] | None:
+    if a is None or b is None:
+        return None
+    return {*a, *b}
+
+
+class _Stopping:
+    """The stoppers of a batch: their batched form if every element's stopper has it, else a
+    per-element call with the element's State."""
+
+    def __init__(self, stoppers: Sequence[Stopper]):
+        self.stoppers = stoppers
+        self.batched: BatchedStopper | None = batched_form(stoppers)
+
+    def reads(self, i_iteration: int) -> Collection[str] | None:
+        return None if self.batched is None else self.batched.reads(i_iteration)
+
+    def step(
+        self,
+        record: StepRecord,
+        elements: Sequence[int],
+        state: Callable[[int], State],
+        states_follow: bool,
+    ) -> Sequence[int]:
+        """The elements that stop after step ``record``; sets each State's stopper output
+        (``state(b)`` gives element ``b``'s; ``states_follow``: States are made after this)."""
+        if self.batched is not None:
+            stopped, outputs = self.batched(record, elements)
+            if outputs is not None and states_follow:
+                record.stopper_outputs = dict(zip(elements, outputs, strict=True))
+            return stopped
+        stopped = []
+        for b in elements:
+            current = state(b)
+            result = self.stoppers[b](current)
+            if not (isinstance(result, tuple) and len(result) == 2):
+                raise ComponentError(
+                    f"a stopper must return (stop, output), {self.stoppers[b]!r} returned "
+                    f"{result!r}"
+                )
+            stop, current.stopper_output = result
+            if stop:
+                stopped.append(b)
+        return stopped

@@ -4,6 +4,10 @@ A stopper is called once per step and per MEI with that MEI's :class:`~mei.domai
 returns ``(stop, output)``; ``output`` is stored as ``state.stopper_output``. Stoppers may keep
 state (the engine makes a fresh one for every MEI of every run). Reading ``state.evaluation``
 copies a value from the device: a stopper that reads only ``i_iter`` costs nothing.
+
+The built-in stoppers also have a batched form (``batched(stoppers)``, see
+:class:`~mei.typing.BatchedStopper`) that decides for the whole batch in one call and makes
+the same decisions; the engine uses it when every element's stopper has one.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+from ._batched import NumIterationsBatch, combined
 from .domain import State
 from .import_helpers import import_path
-from .typing import Stopper
+from .typing import BatchedStopper, Stopper
 
 
 class OptimizationStopper(ABC):
@@ -43,6 +48,10 @@ class NumIterations(OptimizationStopper):
 
     def __call__(self, current_state: State) -> tuple[bool, Any]:
         return current_state.i_iter + 1 >= self.num_iterations, None
+
+    @classmethod
+    def batched(cls, stoppers: Sequence[NumIterations]) -> BatchedStopper:
+        return NumIterationsBatch([s.num_iterations - 1 for s in stoppers])
 
 
 class EarlyStopping(OptimizationStopper):
@@ -97,6 +106,10 @@ class AnyStopper(OptimizationStopper):
         results = [stopper(current_state) for stopper in self.stoppers]
         return any(stop for stop, _ in results), [output for _, output in results]
 
+    @classmethod
+    def batched(cls, stoppers: Sequence[AnyStopper]) -> BatchedStopper | None:
+        return combined(stoppers, every=False)
+
 
 class AllStoppers(AnyStopper):
     """Stop once every one of several stoppers says so (each is asked at every step)."""
@@ -104,3 +117,7 @@ class AllStoppers(AnyStopper):
     def __call__(self, current_state: State) -> tuple[bool, Any]:
         results = [stopper(current_state) for stopper in self.stoppers]
         return all(stop for stop, _ in results), [output for _, output in results]
+
+    @classmethod
+    def batched(cls, stoppers: Sequence[AnyStopper]) -> BatchedStopper | None:
+        return combined(stoppers, every=True)

@@ -12,16 +12,18 @@ Pipeline of one step::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from .domain import State
+    from .domain import State, StepRecord
 
 __all__ = [
+    "BatchedObjective",
+    "BatchedStopper",
     "Dataloaders",
     "InitialGuess",
     "Model",
@@ -96,6 +98,43 @@ class Objective(Protocol):
     """
 
     def __call__(self, current_state: State, /) -> Any: ...
+
+
+class BatchedStopper(Protocol):
+    """The batched form of a batch's stoppers: decides for all elements in one call.
+
+    A stopper class opts in with a classmethod ``batched(stoppers) -> BatchedStopper | None``
+    defined in the class itself (a subclass does not inherit it: it may behave differently),
+    given the run's stoppers, one per element, all of that class; ``None`` means "use the
+    per-element calls". Without it the engine calls each element's stopper with its
+    :class:`~mei.domain.State`, as the original library did. Both must decide the same.
+
+    ``reads(i_iteration)`` names the :class:`~mei.domain.StepRecord` attributes the call at
+    that step will read (an empty collection: nothing, so nothing is kept or copied).
+    ``__call__(record, elements)`` is called once per step with the still-running elements
+    (indices into the batch, ascending) and returns the elements that stop and either
+    ``None`` (every output is ``None``) or one output per element of ``elements``.
+    """
+
+    def reads(self, i_iteration: int, /) -> Collection[str]: ...
+
+    def __call__(
+        self, record: StepRecord, elements: Sequence[int], /
+    ) -> tuple[Sequence[int], Sequence[Any] | None]: ...
+
+
+class BatchedObjective(Protocol):
+    """The batched form of a batch's objectives of one name: values for all elements at once.
+
+    Opt-in as for :class:`BatchedStopper`: a classmethod ``batched(objectives)`` defined in
+    the objective's class. ``__call__(record, elements)`` returns ``None`` when nothing is
+    recorded at this step, or one value per element of ``elements`` (``None`` values are not
+    logged), exactly what the per-element calls would have returned.
+    """
+
+    def reads(self, i_iteration: int, /) -> Collection[str]: ...
+
+    def __call__(self, record: StepRecord, elements: Sequence[int], /) -> Sequence[Any] | None: ...
 
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]

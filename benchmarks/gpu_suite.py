@@ -1,0 +1,169 @@
+"""Every GPU comparison of the engine in one command; one JSON line per figure.
+
+    PYTHONPATH=. python benchmarks/gpu_suite.py            # from the repository root
+
+Figures (model: ``models.ConvCoreReadout``, 4 conv layers of 64 channels on 1x36x64 inputs,
+1000 neurons; config: ``loops.config``, SGD + Gaussian-blur preconditioning + ChangeNorm):
+
+- ``single``: one MEI, ``gradient_ascent`` vs the hand-written loop (target ratio <= 1.15);
+- ``batch``: ``gradient_ascent_units`` with B = 64 and 1024 units vs the hand-written batched
+  loop (target: B = 64 throughput >= 0.9x the loop's) and vs 64 single engine runs (neurons
+  per second, batched over one by one), with the peak device memory per element;
+- ``overhead``: the same at B = 64 and 1024 with a near-free model (``models.LinearReadout``),
+  as the engine's cost per neuron-step over the batched loop.
+
+Runs alternate engine and baseline, each warmed up first; medians of ``--repeats``. Imports
+only torch and mei's engine (no installation needed: ``PYTHONPATH=.``). ``--device cpu
+--quick`` is a smoke test on any machine (small batches, few steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from loops import SHAPE, config, minimal_batched_loop, minimal_loop, timed
+from models import ConvCoreReadout, LinearReadout
+
+from mei.methods import gradient_ascent, gradient_ascent_units
+from mei.modules import ConstrainedOutputModel
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return platform.processor() or platform.machine()
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], device: str, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, calls alternating; one warm-up call each."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_bytes(fn: Callable[[], Any], device: str) -> int | None:
+    if not device.startswith("cuda"):
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize()
+    return int(torch.cuda.max_memory_allocated(device) - base)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batches", type=int, nargs="+", default=[64, 1024])
+    parser.add_argument("--singles", type=int, default=64, help="single runs to compare with")
+    parser.add_argument("--quick", action="store_true", help="smoke test: B = 4, 16; 5 steps")
+    args = parser.parse_args()
+    device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(
+            f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
+            f"built with CUDA {torch.version.cuda}); use --device cpu for a smoke test",
+            file=sys.stderr,
+        )
+        return 2
+    if args.quick:
+        args.steps, args.repeats, args.batches, args.singles = 5, 1, [4, 16], 4
+    steps = args.steps
+    meta = {
+        "device": device,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "steps": steps,
+        "repeats": args.repeats,
+    }
+
+    def emit(figure: str, **values: Any) -> None:
+        print(json.dumps({"figure": figure, **values, **meta}), flush=True)
+
+    cfg = config(device, steps)
+    conv = ConvCoreReadout().to(device)
+
+    # one MEI: the engine against the hand-written loop
+    wrapped = ConstrainedOutputModel(conv, 3)
+    t = interleaved(
+        {
+            "engine": lambda: gradient_ascent(None, wrapped, cfg, 0, shape=SHAPE),
+            "minimal": lambda: minimal_loop(conv, 3, steps, 0, device),
+        },
+        device,
+        args.repeats,
+    )
+    emit(
+        "single",
+        model="ConvCoreReadout",
+        engine_ms_per_step=t["engine"] / steps * 1e3,
+        minimal_ms_per_step=t["minimal"] / steps * 1e3,
+        ratio=t["engine"] / t["minimal"],
+        target="ratio <= 1.15",
+    )
+
+    # one unit per element, units cycling over the model's neurons
+    for name, model in (("ConvCoreReadout", conv), ("LinearReadout", LinearReadout().to(device))):
+        single = None
+        if name == "ConvCoreReadout":
+            singles = list(range(args.singles))
+            single = interleaved(
+                {
+                    "singles": lambda: [
+                        gradient_ascent(None, ConstrainedOutputModel(conv, u), cfg, u, shape=SHAPE)
+                        for u in singles  # noqa: B023  (called before the loop moves on)
+                    ]
+                },
+                device,
+                1,
+            )["singles"] / len(singles)
+        for batch in args.batches:
+            units, seeds = [u % 1000 for u in range(batch)], list(range(batch))
+
+            def engine(model: Any = model, units: list[int] = units, seeds: list[int] = seeds):
+                return gradient_ascent_units(None, model, cfg, seeds, units, shape=SHAPE)
+
+            def minimal(model: Any = model, units: list[int] = units, seeds: list[int] = seeds):
+                return minimal_batched_loop(model, units, steps, seeds, device)
+
+            t = interleaved({"engine": engine, "minimal": minimal}, device, args.repeats)
+            neuron_steps = batch * steps
+            figure: dict[str, Any] = {
+                "model": name,
+                "batch": batch,
+                "engine_ms_per_step": t["engine"] / steps * 1e3,
+                "minimal_ms_per_step": t["minimal"] / steps * 1e3,
+                "throughput_vs_minimal": t["minimal"] / t["engine"],
+                "overhead_ms_per_neuron_step": (t["engine"] - t["minimal"]) / neuron_steps * 1e3,
+            }
+            if single is not None:
+                figure["speedup_vs_single_runs"] = single * batch / t["engine"]
+                figure["single_run_ms_per_mei"] = single * 1e3
+                engine_peak, minimal_peak = peak_bytes(engine, device), peak_bytes(minimal, device)
+                if engine_peak is not None and minimal_peak is not None:
+                    figure["engine_peak_bytes_per_element"] = engine_peak / batch
+                    figure["minimal_peak_bytes_per_element"] = minimal_peak / batch
+                figure["target"] = "throughput_vs_minimal >= 0.9 at batch 64"
+            else:
+                figure["target"] = "overhead_ms_per_neuron_step <= 0.004 (CPU target)"
+            emit("batch" if single is not None else "overhead", **figure)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
