@@ -20,7 +20,7 @@ def test_linear_neuron_under_change_norm_reaches_norm_times_direction(device):
     mei, score, output = gradient_ascent(
         None, ConstrainedOutputModel(model, 1), config, 7, shape=(1, 1, 8, 8)
     )
-    w = model.weight[1:2].detach()
+    w = model.weight[1:2].detach().cpu()  # the run left the model on its device
     optimum = 3.0 * w / w.norm()
     assert mei.device.type == "cpu" and mei.shape == (1, 1, 8, 8)
     assert _cos(mei, optimum) >= 0.999
