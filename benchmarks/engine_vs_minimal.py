@@ -12,58 +12,13 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 
 import torch
+from loops import SHAPE, config, minimal_loop, timed
 from models import ConvCoreReadout
 
 from mei.methods import gradient_ascent, gradient_ascent_units
 from mei.modules import ConstrainedOutputModel
-from mei.preconditioning import gaussian_blur
-
-SHAPE = (1, 1, 36, 64)
-SIGMA, NORM, LR = 1.0, 10.0, 1.0
-
-
-def config(device: str, steps: int) -> dict:
-    return {
-        "device": device,
-        "initial": {"path": "mei.initial.RandomNormal"},
-        "optimizer": {"path": "torch.optim.SGD", "kwargs": {"lr": LR}},
-        "precondition": {"path": "mei.preconditioning.GaussianBlur", "kwargs": {"sigma": SIGMA}},
-        "postprocessing": {"path": "mei.postprocessing.ChangeNorm", "kwargs": {"norm": NORM}},
-        "stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": steps}},
-    }
-
-
-def minimal_loop(model, unit: int, steps: int, seed: int, device: str) -> torch.Tensor:
-    """What a careful user would write by hand."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(*SHAPE, generator=g).to(device).requires_grad_(True)
-    optimizer = torch.optim.SGD([x], lr=LR)
-    for _ in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        (-model(x)[:, unit].sum()).backward()
-        x.grad = gaussian_blur(x.grad, SIGMA)
-        optimizer.step()
-        with torch.no_grad():
-            x.mul_(NORM / x.norm())
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return x.detach().cpu()
-
-
-def timed(fn, device: str) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def count_passes(model, device: str) -> tuple[int, int]:

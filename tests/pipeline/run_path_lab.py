@@ -54,7 +54,12 @@ recording_method.batched = _recording_batched  # type: ignore[attr-defined]
 recording_method.validate_config = gradient_ascent.validate_config  # type: ignore[attr-defined]
 
 
-def declare(schema: dj.Schema, *, fill: bool = True, n_units: int = N_UNITS) -> SimpleNamespace:
+def declare(
+    schema: dj.Schema, *, fill: bool = True, n_units: int = N_UNITS, model=None
+) -> SimpleNamespace:
+    """Declare the lab in ``schema`` and, with ``fill``, one dataset of ``n_units`` neurons (on
+    the model's ``N_UNITS`` outputs, cycling). ``model()`` builds the model (default: a seeded
+    linear readout of ``N_UNITS`` units on ``SHAPE`` inputs)."""
     types = backend().types
 
     @schema
@@ -71,10 +76,13 @@ def declare(schema: dj.Schema, *, fill: bool = True, n_units: int = N_UNITS) -> 
         """
 
         def load_model(self, key=None, include_dataloader=True, include_state_dict=True):
-            torch.manual_seed(int(key["model_seed"]))
-            model = nn.Sequential(nn.Flatten(), nn.Linear(16, N_UNITS))
+            if model is None:
+                torch.manual_seed(int(key["model_seed"]))
+                built = nn.Sequential(nn.Flatten(), nn.Linear(16, N_UNITS))
+            else:
+                built = model()
             loaders = {"train": {"all": [(torch.zeros(SHAPE), torch.zeros(1, N_UNITS))]}}
-            return (loaders, model) if include_dataloader else model
+            return (loaders, built) if include_dataloader else built
 
     @schema
     class TrainedEnsembleModel(TrainedEnsembleModelTemplate):

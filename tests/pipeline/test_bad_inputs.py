@@ -12,14 +12,13 @@ from types import SimpleNamespace
 import datajoint as dj
 import numpy as np
 import pytest
+import run_path_lab
 import torch
 from torch import nn
 
 from mei.dj.backend import backend
 from mei.dj.hashing import make_hash
 from mei.errors import ConfigError, InputError, ModelError
-from mei.main import MEITemplate, TrainedEnsembleModelTemplate
-from mei.modules import ConstrainedOutputModel
 
 GRADIENT_ASCENT = "mei.methods.gradient_ascent"
 SHAPE = (1, 1, 4, 4)
@@ -72,53 +71,8 @@ class Integer(Linear):
 
 
 def declare(schema: dj.Schema, model_class: type) -> SimpleNamespace:
-    types = backend().types
-
-    @schema
-    class Dataset(dj.Manual):
-        definition = f"""
-        dataset_id : {types["int"]}
-        """
-
-    @schema
-    class TrainedModel(dj.Manual):
-        definition = f"""
-        -> Dataset
-        model_seed : {types["int"]}
-        """
-
-        def load_model(self, key=None, include_dataloader=True, include_state_dict=True):
-            model = model_class()
-            loaders = {"train": {"all": [(torch.zeros(SHAPE), torch.zeros(1, 4))]}}
-            return (loaders, model) if include_dataloader else model
-
-    @schema
-    class TrainedEnsembleModel(TrainedEnsembleModelTemplate):
-        dataset_table = Dataset
-        trained_model_table = TrainedModel
-
-    @schema
-    class Selector(dj.Manual):
-        definition = f"""
-        -> Dataset
-        neuron_id : {types["int"]}
-        ---
-        output_unit : {types["int"]}
-        """
-
-        def get_output_selected_model(self, model, key):
-            return ConstrainedOutputModel(model, int((self & key).fetch1("output_unit")))
-
-    @schema
-    class MEI(MEITemplate):
-        trained_model_table = TrainedEnsembleModel
-        selector_table = Selector
-
-    Dataset.insert1({"dataset_id": 1})
-    TrainedModel.insert1({"dataset_id": 1, "model_seed": 0})
-    TrainedEnsembleModel().create_ensemble({"dataset_id": 1})
-    Selector.insert({"dataset_id": 1, "neuron_id": n, "output_unit": n} for n in range(2))
-    return SimpleNamespace(**{k: v for k, v in locals().items() if isinstance(v, type)})
+    """The minimal lab of run_path_lab with two neurons of ``model_class``."""
+    return run_path_lab.declare(schema, n_units=2, model=model_class)
 
 
 # (id, method_config, message pattern): add_method raises ConfigError
