@@ -138,12 +138,17 @@ def _elementwise_classes() -> tuple[type, ...]:
     return tuple(import_object(p) for p in sorted(ELEMENTWISE_OPTIMIZERS))
 
 
-def parse_device(value: Any) -> torch.device:
-    """The ``device`` entry as a ``torch.device`` that exists on this machine."""
+def parse_device(value: Any, *, check_exists: bool = True) -> torch.device:
+    """The ``device`` entry as a ``torch.device``; with ``check_exists`` (the default) it must
+    exist on this machine. Method rows are data: a lab adds a ``cuda`` row from a laptop."""
     try:
         device = torch.device(value)
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f"not a device: {shorten(value)} ({e})", key="device") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unsupported device {value!r}", key="device")
+    if not check_exists:
+        return device
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"{value!r}: CUDA is not available on this machine", key="device")
@@ -446,8 +451,11 @@ def _check_built(spec: ComponentSpec[Any]) -> None:
         )
 
 
-def resolve_config(config: Mapping[str, Any]) -> MethodConfig:
-    """Validate ``config`` and return its :class:`MethodConfig` (see the module docstring)."""
+def resolve_config(config: Mapping[str, Any], *, check_device: bool = True) -> MethodConfig:
+    """Validate ``config`` and return its :class:`MethodConfig` (see the module docstring).
+
+    ``check_device=False`` checks everything but whether the named device exists here.
+    """
     if isinstance(config, MethodConfig):
         return config
     if not isinstance(config, Mapping):
@@ -461,7 +469,9 @@ def resolve_config(config: Mapping[str, Any]) -> MethodConfig:
     if missing:
         raise ConfigError(f"missing required key(s) {missing}")
 
-    resolved: dict[str, Any] = {"device": parse_device(config["device"])}
+    resolved: dict[str, Any] = {
+        "device": parse_device(config["device"], check_exists=check_device)
+    }
     for key in COMPONENT_KEYS:
         if key == "objectives" or config.get(key) is None:
             continue
@@ -489,6 +499,7 @@ def resolve_config(config: Mapping[str, Any]) -> MethodConfig:
     return MethodConfig(**resolved)
 
 
-def validate_config(config: Mapping[str, Any]) -> None:
-    """Raise :class:`~mei.errors.ConfigError` if ``config`` is not a valid method config."""
-    resolve_config(config)
+def validate_config(config: Mapping[str, Any], *, check_device: bool = True) -> None:
+    """Raise :class:`~mei.errors.ConfigError` if ``config`` is not a valid method config
+    (``check_device=False``: whether its device exists here is left to the run)."""
+    resolve_config(config, check_device=check_device)
