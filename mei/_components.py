@@ -12,7 +12,13 @@ from .import_helpers import import_path
 
 
 class Component:
-    """Base for components: the repr lists every public constructor argument."""
+    """Base for components: the repr lists every public constructor argument.
+
+    ``per_row``: this library's components act on each batch element on its own (so a batch
+    of MEIs gives each what a run of its own gives); see ``MethodConfig.batch_blockers``.
+    """
+
+    per_row = True
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -32,6 +38,10 @@ class PerElementRandom(Component):
     def reseed(self, seeds: Sequence[int]) -> None:
         self._seeds = [int(s) for s in seeds]
         self._generators = [torch.Generator().manual_seed(s) for s in self._seeds]
+
+    def use_generators(self, generators: Sequence[torch.Generator]) -> None:
+        """Draw element ``b``'s numbers from ``generators[b]`` (the engine's streams)."""
+        self._generators = list(generators)
 
     def _generators_for(self, batch_size: int) -> list[torch.Generator]:
         generators = self._generators

@@ -41,6 +41,7 @@ from .domain import State
 from .errors import ConfigError, InputError, list_names, shorten
 from .import_helpers import import_object
 from .typing import (
+    Background,
     InitialGuess,
     Objective,
     OptimizerFactory,
@@ -54,8 +55,32 @@ from .typing import (
 T = TypeVar("T")
 
 REQUIRED_KEYS = ("device", "initial", "optimizer", "stopper")
-OPTIONAL_KEYS = ("transform", "regularization", "precondition", "postprocessing", "objectives")
+OPTIONAL_KEYS = (
+    "transform",
+    "regularization",
+    "precondition",
+    "postprocessing",
+    "objectives",
+    "background",
+)
+#: Keys that are settings, not components: the original library's, then this library's.
+SETTING_KEYS = (
+    "n_meis",
+    "mei_shape",
+    "model_forward_kwargs",
+    "transparency",
+    "transparency_weight",
+    "inhibitory",
+    "score",
+    "rng",
+)
 COMPONENT_KEYS = tuple(k for k in REQUIRED_KEYS + OPTIONAL_KEYS if k not in ("device",))
+ALLOWED_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS + SETTING_KEYS
+
+#: ``score``: which evaluation a run returns as the MEI's score.
+SCORES = ("last_step", "final")
+#: ``rng``: where random numbers come from.
+RNGS = ("original", "separate")
 
 SEED_MIN, SEED_MAX = -(2**31), 2**31 - 1
 """Seeds are integers in the range of the ``mei_seed`` column (``int``, 32 bits)."""
@@ -67,6 +92,7 @@ SLOTS: dict[str, tuple[type, str]] = {
     "regularization": (Regularization, "regularization(x, i_iteration) -> Tensor"),
     "precondition": (Precondition, "precondition(grad, i_iteration) -> Tensor"),
     "postprocessing": (PostProcessing, "postprocessing(x, i_iteration) -> Tensor"),
+    "background": (Background, "background(x, i_iteration) -> Tensor"),
     "stopper": (Stopper, "stopper(state) -> (stop, output)"),
     "objectives": (Objective, "objective(state) -> value"),
 }
@@ -121,6 +147,15 @@ class MethodConfig:
     precondition: ComponentSpec[Precondition] | None = None
     postprocessing: ComponentSpec[PostProcessing] | None = None
     objectives: tuple[ComponentSpec[Objective], ...] = ()
+    background: ComponentSpec[Background] | None = None
+    n_meis: int = 1
+    mei_shape: tuple[int, ...] | None = None
+    model_forward_kwargs: Mapping[str, Any] | None = None
+    transparency: bool = False
+    transparency_weight: float = 1.0
+    inhibitory: bool = False
+    score: str = "last_step"
+    rng: str = "original"
 
     @property
     def batchable(self) -> bool:
@@ -131,6 +166,35 @@ class MethodConfig:
         return getattr(factory, "elementwise", False) is True or any(
             factory is cls for cls in _elementwise_classes()
         )
+
+    def batch_blockers(self) -> list[str]:
+        """Why MEIs of this config cannot share a run with each equal to its single run
+        (empty: they can). Components must act on each batch element on its own: this
+        library's components do; others declare it with the class attribute
+        ``elementwise = True`` (or ``per_row = True``)."""
+        reasons = []
+        if not self.batchable:
+            reasons.append(f"optimizer {self.optimizer.path} couples tensor elements")
+        if self.n_meis > 1:
+            reasons.append(f"n_meis={self.n_meis}: several images share one evaluation")
+        if self.transparency:
+            reasons.append("transparency composes each MEI over its own background")
+        for spec in (self.transform, self.regularization, self.precondition, self.postprocessing):
+            if spec is not None and not _per_row(spec.factory):
+                reasons.append(
+                    f"{spec.key} {spec.path} does not declare that it acts on each element on "
+                    "its own (class attribute elementwise = True)"
+                )
+        return reasons
+
+
+def _per_row(factory: Any) -> bool:
+    """Whether components built by ``factory`` act on each batch row on its own."""
+    for name in ("per_row", "elementwise"):
+        value = getattr(factory, name, None)
+        if isinstance(value, bool):
+            return value
+    return False
 
 
 @functools.cache
@@ -460,18 +524,14 @@ def resolve_config(config: Mapping[str, Any], *, check_device: bool = True) -> M
         return config
     if not isinstance(config, Mapping):
         raise ConfigError(f"a method config must be a dict, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(REQUIRED_KEYS + OPTIONAL_KEYS), key=str)
+    unknown = sorted(set(config) - set(ALLOWED_KEYS), key=str)
     if unknown:
-        raise ConfigError(
-            f"unknown key(s) {list_names(unknown)}; allowed: {sorted(REQUIRED_KEYS + OPTIONAL_KEYS)}"
-        )
+        raise ConfigError(f"unknown key(s) {list_names(unknown)}; allowed: {sorted(ALLOWED_KEYS)}")
     missing = [k for k in REQUIRED_KEYS if config.get(k) is None]
     if missing:
         raise ConfigError(f"missing required key(s) {missing}")
 
-    resolved: dict[str, Any] = {
-        "device": parse_device(config["device"], check_exists=check_device)
-    }
+    resolved: dict[str, Any] = {"device": parse_device(config["device"], check_exists=check_device)}
     for key in COMPONENT_KEYS:
         if key == "objectives" or config.get(key) is None:
             continue
@@ -496,7 +556,79 @@ def resolve_config(config: Mapping[str, Any], *, check_device: bool = True) -> M
             )
         specs.append(spec)
     resolved["objectives"] = tuple(specs)
+    resolved.update(_settings(config))
+    if resolved.get("transparency") and "background" not in resolved:
+        raise ConfigError(
+            "transparency composes the MEI over a background: add a 'background' entry, e.g. "
+            "{'path': 'mei.legacy.ops.WhiteNoiseBackground', 'kwargs': {...}}",
+            key="background",
+        )
     return MethodConfig(**resolved)
+
+
+def _positive_int(value: Any) -> bool:
+    return type(value) is not bool and isinstance(value, numbers.Integral) and int(value) >= 1
+
+
+def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The setting keys of ``config`` (see :data:`SETTING_KEYS`), checked."""
+    settings: dict[str, Any] = {}
+    n_meis = config.get("n_meis")
+    if n_meis is not None:
+        if isinstance(n_meis, bool) or not isinstance(n_meis, numbers.Integral) or n_meis < 1:
+            raise ConfigError(f"must be a positive integer, got {shorten(n_meis)}", key="n_meis")
+        settings["n_meis"] = int(n_meis)
+    shape = config.get("mei_shape")
+    if shape is not None:
+        if (
+            not isinstance(shape, (list, tuple))
+            or len(shape) < 2
+            or not all(_positive_int(s) for s in shape)
+        ):
+            raise ConfigError(
+                f"must be an input shape such as (1, 1, 36, 64) with positive sizes, got "
+                f"{shorten(shape)}",
+                key="mei_shape",
+            )
+        settings["mei_shape"] = tuple(int(s) for s in shape)
+    forward_kwargs = config.get("model_forward_kwargs")
+    if forward_kwargs is not None:
+        if not isinstance(forward_kwargs, Mapping) or not all(
+            isinstance(k, str) for k in forward_kwargs
+        ):
+            raise ConfigError(
+                f"must be a dict of keyword arguments for the model, got {shorten(forward_kwargs)}",
+                key="model_forward_kwargs",
+            )
+        settings["model_forward_kwargs"] = copy.deepcopy(dict(forward_kwargs))
+    for name in ("transparency", "inhibitory"):
+        value = config.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, (bool, numbers.Integral)) or value not in (0, 1):
+            raise ConfigError(f"must be true or false, got {shorten(value)}", key=name)
+        settings[name] = bool(value)
+    weight = config.get("transparency_weight")
+    if weight is not None:
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, numbers.Real)
+            or not math.isfinite(float(weight))
+        ):
+            raise ConfigError(
+                f"must be a finite number, got {shorten(weight)}", key="transparency_weight"
+            )
+        settings["transparency_weight"] = float(weight)
+    for name, allowed in (("score", SCORES), ("rng", RNGS)):
+        value = config.get(name)
+        if value is None:
+            continue
+        if value not in allowed:
+            raise ConfigError(
+                f"must be one of {list_names(allowed)}, got {shorten(value)}", key=name
+            )
+        settings[name] = value
+    return settings
 
 
 def validate_config(config: Mapping[str, Any], *, check_device: bool = True) -> None:

@@ -44,6 +44,10 @@ class StepRecord:
     the others (``dropped`` names them), so that nobody's unread copies cost time or memory;
     reading a dropped attribute raises ``RuntimeError``. ``stopper_outputs`` holds the batched
     stopper's outputs, ``{element: output}``, for the States made after it ran.
+
+    ``group`` is the number of input rows per element (the original library's ``n_meis``: one
+    element is several images with one evaluation); tensors have ``B * group`` rows, the
+    evaluation and the regularization term ``B`` values.
     """
 
     i_iter: int
@@ -55,6 +59,7 @@ class StepRecord:
     grad: Tensor | None
     preconditioned_grad: Tensor | None
     dropped: frozenset[str] = frozenset()
+    group: int = 1
 
     def __post_init__(self) -> None:
         self._cpu: dict[str, Tensor] = {}
@@ -79,7 +84,8 @@ class StepRecord:
         values = self.cpu(name)
         if name in ("evaluation", "reg_term"):
             return float(values.reshape(-1)[index] if values.dim() else values)
-        return values[index : index + 1].clone()
+        rows = self.group
+        return values[index * rows : (index + 1) * rows].clone()
 
 
 class State:
@@ -135,6 +141,12 @@ class State:
             preconditioned_grad=preconditioned_grad,
             stopper_output=stopper_output,
         )
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> State:
+        """A State from a dict with its attributes (``input_`` for the input before the step),
+        as :meth:`to_dict` gives them."""
+        return cls(**state)
 
     @classmethod
     def from_record(cls, record: StepRecord, index: int) -> State:
@@ -200,12 +212,18 @@ class Input:
         self.tensor = tensor
 
     @property
-    def gradient(self) -> Tensor | None:
+    def grad(self) -> Tensor | None:
         return self.tensor.grad
 
-    @gradient.setter
-    def gradient(self, value: Tensor) -> None:
+    @grad.setter
+    def grad(self, value: Tensor | None) -> None:
         self.tensor.grad = value
+
+    gradient = grad  # this library's first name for it
+
+    def clone(self) -> Input:
+        """A new Input holding a copy of the tensor (gradients flow back to this one)."""
+        return Input(self.tensor.clone())
 
     @property
     def data(self) -> Tensor:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,12 +31,56 @@ T = TypeVar("T")
 Result = tuple[Tensor, float, dict[str, dict[str, list[Any]]]]
 
 
-def get_input_shape(dataloaders: Dataloaders) -> tuple[int, ...]:
-    """The input shape ``(1, C, H, W)`` of an NNFabrik-style loader dict.
+def _io_dims(loader: Any, where: str) -> dict[str, tuple[int, ...]] | tuple[tuple[int, ...], ...]:
+    """The shapes of the fields of ``loader``'s first batch (NNFabrik's ``get_io_dims``):
+    a dict for namedtuple and dict batches, else a tuple."""
+    none = object()
+    batch = next(iter(loader), none)
+    if batch is none:
+        raise InputError(
+            f"{where} yields no batch to read the input shape from; or pass shape=",
+            argument="dataloaders",
+        )
+    if hasattr(batch, "_asdict"):
+        batch = batch._asdict()
+    if isinstance(batch, Mapping):
+        return {k: tuple(v.shape) for k, v in batch.items()}
+    if isinstance(batch, Tensor):
+        return (tuple(batch.shape),)
+    if isinstance(batch, (tuple, list)):
+        return tuple(tuple(v.shape) for v in batch)
+    raise InputError(
+        f"cannot find the inputs in a batch of type {type(batch).__name__} from {where}",
+        argument="dataloaders",
+    )
 
-    Reads the first batch of the first loader of the ``"train"`` tier (or of the first tier):
-    its first element, or its ``inputs`` / ``images`` field.
-    """
+
+def get_dims_for_loader_dict(
+    loaders: Mapping[str, Any],
+) -> dict[str, dict[str, tuple[int, ...]] | tuple[tuple[int, ...], ...]]:
+    """The field shapes of the first batch of every loader of one tier ``{data_key: loader}``
+    (NNFabrik's helper of the same name; each loader is read once, in order)."""
+    return {k: _io_dims(v, f"loader {k!r}") for k, v in loaders.items()}
+
+
+def _inputs_of(dims: Any) -> tuple[int, ...]:
+    if isinstance(dims, Mapping):
+        for name in ("inputs", "images"):
+            if name in dims:
+                return tuple(dims[name])
+        return tuple(next(iter(dims.values())))
+    return tuple(dims[0])
+
+
+def get_input_dimensions(
+    dataloaders: Dataloaders,
+    get_dims: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+    data_key: str | None = None,
+) -> tuple[int, ...]:
+    """The input shape ``(batch, C, H, W)`` of the loader of ``data_key`` in the ``"train"``
+    tier (of the first loader when ``data_key`` is ``None`` or not there), as the original
+    library found it: every loader of the tier is read once (reading a loader draws from
+    torch's global generator, which the original's start depended on)."""
     if not isinstance(dataloaders, Mapping) or not dataloaders:
         raise InputError(
             f"dataloaders must be a dict such as {{'train': {{data_key: loader}}}}, got "
@@ -43,41 +88,33 @@ def get_input_shape(dataloaders: Dataloaders) -> tuple[int, ...]:
             argument="dataloaders",
         )
     name = "train" if "train" in dataloaders else next(iter(dataloaders))
-    tier, where = dataloaders[name], f"dataloaders[{name!r}]"
-    if isinstance(tier, Mapping):
-        if not tier:
-            raise InputError(
-                f"{where} is empty: expected {{data_key: loader}} with at least one loader; "
-                "or pass shape=",
-                argument="dataloaders",
-            )
-        data_key = next(iter(tier))
-        tier, where = tier[data_key], f"{where}[{data_key!r}]"
-    none = object()
-    batch = next(iter(tier), none)
-    if batch is none:
+    tier: Any = dataloaders[name]
+    if not isinstance(tier, Mapping):  # a bare loader instead of {data_key: loader}
+        tier = {None: tier}
+    if not tier:
         raise InputError(
-            f"{where} yields no batch to read the input shape from; or pass shape=",
+            f"dataloaders[{name!r}] is empty: expected {{data_key: loader}} with at least one "
+            "loader; or pass shape=",
             argument="dataloaders",
         )
-    for name in ("inputs", "images"):
-        if isinstance(batch, Mapping) and name in batch:
-            batch = batch[name]
-            break
-        if hasattr(batch, name) and not isinstance(batch, Tensor):
-            batch = getattr(batch, name)
-            break
+    if get_dims is None:
+        dims: Mapping[Any, Any] = {
+            k: _io_dims(v, f"dataloaders[{name!r}]" + ("" if k is None else f"[{k!r}]"))
+            for k, v in tier.items()
+        }
     else:
-        if isinstance(batch, (tuple, list)):
-            batch = batch[0]
-    if not isinstance(batch, Tensor):
-        raise ValueError(f"cannot find the inputs in a batch of type {type(batch).__name__}")
-    return (1, *batch.shape[1:])
+        dims = get_dims(tier)
+    if data_key is not None and data_key in dims:
+        return _inputs_of(dims[data_key])
+    return _inputs_of(next(iter(dims.values())))
 
 
-def _normalize_shape(dataloaders: Dataloaders, shape: Sequence[int] | None) -> tuple[int, ...]:
-    if shape is None:
-        return get_input_shape(dataloaders)
+def get_input_shape(dataloaders: Dataloaders, data_key: str | None = None) -> tuple[int, ...]:
+    """The input shape of one MEI, ``(1, C, H, W)``, from :func:`get_input_dimensions`."""
+    return (1, *get_input_dimensions(dataloaders, data_key=data_key)[1:])
+
+
+def _normalize_shape(shape: Sequence[int]) -> tuple[int, ...]:
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2 or any(s < 1 for s in shape):
         raise ValueError(f"shape must be (1, C, ...) with positive sizes, got {shape}")
@@ -92,6 +129,15 @@ def _accepts_generator(fn: Any) -> bool:
     return any(p.name == "generator" or p.kind is p.VAR_KEYWORD for p in params)
 
 
+def _checked_start(guess: Any, initial: Any, shape: tuple[int, ...]) -> Tensor:
+    if not isinstance(guess, Tensor) or tuple(guess.shape) != shape:
+        got = tuple(guess.shape) if isinstance(guess, Tensor) else type(guess).__name__
+        raise ComponentError(
+            f"initial guess {initial!r} must return a tensor of shape {shape}, got {got}"
+        )
+    return guess.detach()
+
+
 def draw_initial(
     initial: InitialGuess | Callable[..., Tensor], shape: tuple[int, ...], seed: int
 ) -> Tensor:
@@ -102,12 +148,90 @@ def draw_initial(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             guess = initial(*shape)
-    if not isinstance(guess, Tensor) or tuple(guess.shape) != shape:
-        got = tuple(guess.shape) if isinstance(guess, Tensor) else type(guess).__name__
-        raise ComponentError(
-            f"initial guess {initial!r} must return a tensor of shape {shape}, got {got}"
-        )
-    return guess.detach()
+    return _checked_start(guess, initial, shape)
+
+
+def _draw_int64() -> None:
+    """One draw as a DataLoader iterator (or a shuffling sampler) makes at its start."""
+    torch.empty((), dtype=torch.int64).random_()
+
+
+class _ShapeReading:
+    """Reads the dataloaders for the shape inside each element's seeded global stream.
+
+    Reading a loader advances torch's global generator by a fixed number of int64 draws (one
+    per iterator, one more per shuffling sampler). The first element's reading is done for
+    real; if its effect on the generator is found to be ``k`` such draws, later elements
+    replay them instead of reading the data again, else they read again.
+    """
+
+    MAX_DRAWS = 64
+
+    def __init__(self, read: Callable[[], tuple[int, ...]] | None):
+        self.read = read
+        self.shape: tuple[int, ...] | None = None
+        self._draws: int | None = None
+
+    def __call__(self, seed: int) -> tuple[int, ...] | None:
+        if self.read is None:
+            return None
+        if self.shape is not None and self._draws is not None:
+            for _ in range(self._draws):
+                _draw_int64()
+            return self.shape
+        self.shape = self.read()
+        if self._draws is None:
+            after = torch.get_rng_state()
+            torch.manual_seed(seed)
+            for k in range(self.MAX_DRAWS + 1):
+                if torch.equal(torch.get_rng_state(), after):
+                    self._draws = k
+                    break
+                _draw_int64()
+            torch.set_rng_state(after)
+        return self.shape
+
+
+def _element_streams(
+    method: MethodConfig,
+    initial: Any,
+    seeds: Sequence[int],
+    shape: tuple[int, ...] | None,
+    read: Callable[[], tuple[int, ...]] | None,
+) -> tuple[tuple[int, ...], Tensor, list[torch.Generator]]:
+    """Each element's start and the generator its random components draw from.
+
+    ``rng="original"``: as the original library, element ``b`` follows torch's global
+    generator seeded with ``seeds[b]``: the dataloaders are read for the shape, the start
+    is drawn, and the generator, continued, feeds the random transforms. ``"separate"``:
+    the start comes from a generator seeded with the seed, random components from one
+    seeded with ``seed + 1`` (independent of the data loading and of the initial guess).
+    """
+    n = method.n_meis
+    if method.rng == "separate":
+        if shape is None:
+            assert read is not None  # gradient_ascent passes one of them
+            shape = read()
+        size = (n, *shape[1:])
+        separate = [draw_initial(initial, size, s) for s in seeds]
+        return size, torch.cat(separate), [torch.Generator().manual_seed(s + 1) for s in seeds]
+    reading = _ShapeReading(read)
+    starts: list[Tensor] = []
+    generators: list[torch.Generator] = []
+    element: tuple[int, ...] | None = None
+    with torch.random.fork_rng(devices=[]):
+        for s in seeds:
+            torch.manual_seed(s)
+            read_shape = reading(s)
+            final = shape if shape is not None else read_shape
+            assert final is not None  # gradient_ascent passes one of them
+            element = (n, *final[1:])
+            starts.append(_checked_start(initial(*element), initial, element))
+            generator = torch.Generator()
+            generator.set_state(torch.get_rng_state())
+            generators.append(generator)
+    assert element is not None  # at least one seed
+    return element, torch.cat(starts), generators
 
 
 @contextlib.contextmanager
@@ -135,92 +259,190 @@ def _prepared_model(model: Model, device: torch.device) -> Iterator[None]:
             p.requires_grad_(requires_grad)
 
 
+@contextlib.contextmanager
+def _forward_kwargs(model: Any, extra: Mapping[str, Any] | None) -> Iterator[None]:
+    """The config's ``model_forward_kwargs`` added to ``model.forward_kwargs`` for the run."""
+    if not extra:
+        yield
+        return
+    current = getattr(model, "forward_kwargs", None)
+    if not isinstance(current, dict):
+        raise ConfigError(
+            "model_forward_kwargs needs a model with a forward_kwargs dict, such as "
+            f"mei.modules.ConstrainedOutputModel; got a {type(model).__name__}",
+            key="model_forward_kwargs",
+        )
+    saved = dict(current)
+    current.update(extra)
+    try:
+        yield
+    finally:
+        current.clear()
+        current.update(saved)
+
+
+def _data_key(model: Any) -> str | None:
+    forward_kwargs = getattr(model, "forward_kwargs", None)
+    if isinstance(forward_kwargs, Mapping):
+        key = forward_kwargs.get("data_key")
+        return key if isinstance(key, str) else None
+    return None
+
+
+def _shape_reader(dataloaders: Dataloaders, model: Any) -> Callable[[], tuple[int, ...]]:
+    """Reads the input shape from ``dataloaders``: the loader of the model's data key."""
+    data_key = _data_key(model)
+    return functools.partial(get_input_shape, dataloaders, data_key)
+
+
 def _rng_devices(device: torch.device) -> list[int]:
     if device.type != "cuda":
         return []
     return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
-def _build_seeded(spec: ComponentSpec[T] | None, seeds: Sequence[int]) -> T | None:
+def _build_for(spec: ComponentSpec[T] | None, generators: Sequence[torch.Generator]) -> T | None:
     """Build ``spec``'s component; a random one draws element ``b``'s numbers from
-    ``seeds[b] + 1``."""
+    ``generators[b]``."""
     if spec is None:
         return None
     component = spec.build()
-    if hasattr(component, "reseed"):
-        component.reseed([s + 1 for s in seeds])
+    for_elements = getattr(component, "for_elements", None)
+    if callable(for_elements):
+        return cast(T, for_elements(list(generators)))
+    if hasattr(component, "use_generators"):
+        component.use_generators(generators)
     return component
 
 
 def run_batch(
     method: MethodConfig,
     model: Model,
-    shape: tuple[int, ...],
+    shape: tuple[int, ...] | None,
     seeds: Sequence[int],
     *,
     progress: bool | None = None,
     description: str = "MEI",
+    read_shape: Callable[[], tuple[int, ...]] | None = None,
 ) -> list[Result]:
-    """Optimize ``len(seeds)`` MEIs together; ``model`` maps ``(B, ...)`` to ``(B,)`` with
-    element ``b`` responding as its own MEI's unit. Element ``b`` starts from ``seeds[b]``.
+    """Optimize ``len(seeds)`` MEIs together; ``model`` maps the batch to one response per
+    element, element ``b`` responding as its own MEI's unit. Element ``b`` starts from
+    ``seeds[b]``. The input shape is ``shape`` (the config's ``mei_shape`` wins), or what
+    ``read_shape`` (which reads the dataloaders) gives; ``read_shape`` is called in each
+    element's seeded stream even when the shape is known, as the original library did.
     """
     device = method.device
     seeds = [check_seed(s, f"seeds[{b}]") for b, s in enumerate(seeds)]
+    if method.mei_shape is not None:
+        shape = _normalize_shape(method.mei_shape)
+    if shape is None and read_shape is None:
+        raise InputError("pass dataloaders or shape= to give the input shape", argument="shape")
     initial = method.initial.build()
-    start = torch.cat([draw_initial(initial, shape, s) for s in seeds])
-    x = start.to(device).requires_grad_(True)
-    optimizer = method.optimizer.build(params=[x])
-    transform = _build_seeded(method.transform, seeds)
-    regularization = _build_seeded(method.regularization, seeds)
-    precondition = _build_seeded(method.precondition, seeds)
-    postprocessing = _build_seeded(method.postprocessing, seeds)
-    stoppers = [method.stopper.build() for _ in seeds]
-    trackers = [Tracker(**{s.path: s.build() for s in method.objectives}) for _ in seeds]
-    total = getattr(stoppers[0], "num_iterations", None)
+    element, start, generators = _element_streams(method, initial, seeds, shape, read_shape)
+    if method.transparency:
+        alpha = torch.ones(len(start), 1, *element[2:]) * 0.5
+        start = torch.cat((start, alpha), dim=1)
+    single = len(seeds) == 1 and method.rng == "original"
     with (
         _prepared_model(model, device),
         torch.random.fork_rng(devices=_rng_devices(device)),
         progress_bar(
-            total=total, desc=description, unit="step", enabled=progress, leave=False
+            total=getattr(method.stopper.build(), "steps", None),
+            desc=description,
+            unit="step",
+            enabled=progress,
+            leave=False,
         ) as bar,
     ):
         torch.manual_seed(seeds[0])
+        if single:
+            # a single run continues in torch's global generator, as the original's did:
+            # components drawing from it directly see the original's numbers too
+            torch.set_rng_state(generators[0].get_state())
+            generators = [torch.default_generator]
+        x = start.to(device).requires_grad_(True)
+        optimizer = method.optimizer.build(params=[x])
+        stoppers = [method.stopper.build() for _ in seeds]
+        trackers = [Tracker(**{s.path: s.build() for s in method.objectives}) for _ in seeds]
         mei = MEI(
             FirstCallCheck(model),
             x,
             optimizer,
-            transform=transform,
-            regularization=regularization,
-            precondition=precondition,
-            postprocessing=postprocessing,
+            transform=_build_for(method.transform, generators),
+            regularization=_build_for(method.regularization, generators),
+            precondition=_build_for(method.precondition, generators),
+            postprocessing=_build_for(method.postprocessing, generators),
+            group=method.n_meis,
+            inhibitory=method.inhibitory,
+            transparency=method.transparency,
+            transparency_weight=method.transparency_weight,
+            background=_build_for(method.background, generators),
         )
-        scores, inputs = optimize(mei, stoppers, trackers, progress=bar)
+        scores, inputs = optimize(mei, stoppers, trackers, progress=bar, score=method.score)
     inputs = inputs.cpu()
-    return [(inputs[b : b + 1].clone(), scores[b], trackers[b].log) for b in range(len(seeds))]
+    rows = method.n_meis
+    return [
+        (inputs[b * rows : (b + 1) * rows].clone(), scores[b], trackers[b].log)
+        for b in range(len(seeds))
+    ]
+
+
+def _later_protocol(dataloaders: Any, model: Any, config: Any) -> bool:
+    """Whether a positional call follows the later ``gradient_ascent(model, config, seed,
+    shape=None, dataloaders=None)`` order (a model where dataloaders go)."""
+    return isinstance(dataloaders, nn.Module) and isinstance(model, Mapping)
 
 
 def gradient_ascent(
-    dataloaders: Dataloaders,
-    model: Model,
-    config: Mapping[str, Any],
-    seed: int,
-    *,
+    dataloaders: Dataloaders | None = None,
+    model: Model | None = None,
+    config: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    *args: Any,
     shape: Sequence[int] | None = None,
     progress: bool | None = None,
 ) -> Result:
     """Find the MEI of ``model`` (inputs ``(B, ...)`` -> one response per input).
 
-    ``dataloaders`` give the input shape (NNFabrik-style ``{"train": {key: loader}}``), or pass
-    ``shape``. ``config`` is a method config (see :mod:`mei.config`), validated before the first
-    step; ``seed`` seeds the initial guess and all randomness of the run. Returns the MEI (CPU
-    tensor, batch of one), its score (the model's evaluation of the returned MEI) and the
-    tracker's log ``{objective path: {"times": [...], "values": [...]}}``.
+    Called as the DataJoint tables call it, ``gradient_ascent(dataloaders, model, config,
+    seed)``, or with keywords and no dataloaders, ``gradient_ascent(model=m, config=c,
+    seed=s, shape=(1, C, H, W))``. ``dataloaders`` give the input shape (NNFabrik-style
+    ``{"train": {data_key: loader}}``; the loader of the model's ``forward_kwargs["data_key"]``,
+    else the first). ``config`` is a method config (see :mod:`mei.config`), validated before
+    the first step; ``seed`` seeds the initial guess and all randomness of the run.
+
+    Returns the MEI (CPU tensor, ``(n_meis, C, H, W)``), its score (by default the
+    evaluation of the last step, as the original library returned it; ``"score": "final"``
+    in the config: the model's evaluation of the returned MEI) and the tracker's log
+    ``{objective path: {"times": [...], "values": [...]}}``.
     """
+    if _later_protocol(dataloaders, model, config):
+        dataloaders, model, config, seed = None, dataloaders, model, cast(Any, config)
+        if args:
+            shape, args = args[0], args[1:]
+        if args:
+            dataloaders, args = args[0], args[1:]
+    if args:
+        raise TypeError(f"gradient_ascent got {len(args)} unexpected positional argument(s)")
+    if model is None or config is None or seed is None:
+        missing = [
+            n for n, v in (("model", model), ("config", config), ("seed", seed)) if v is None
+        ]
+        raise InputError(f"gradient_ascent needs {', '.join(missing)}", argument=missing[0])
+    if dataloaders is None and shape is None:
+        raise InputError("pass dataloaders or shape= to give the input shape", argument="shape")
     seed = check_seed(seed)
     method = resolve_config(config)
-    [result] = run_batch(
-        method, model, _normalize_shape(dataloaders, shape), [seed], progress=progress
-    )
+    with _forward_kwargs(model, method.model_forward_kwargs):
+        read = None if dataloaders is None else _shape_reader(dataloaders, model)
+        [result] = run_batch(
+            method,
+            model,
+            None if shape is None else _normalize_shape(shape),
+            [seed],
+            progress=progress,
+            read_shape=read,
+        )
     return result
 
 
@@ -243,14 +465,15 @@ def gradient_ascent_units(
     """MEIs for many output units of one model: ``model`` maps ``(B, ...)`` to ``(B, N)``.
 
     Returns one ``(mei, score, output)`` per unit, in order; each equals what
-    :func:`gradient_ascent` gives for ``ConstrainedOutputModel(model, unit)`` with the same
-    seed and config. ``seed`` is one seed for all units or one per unit. Units are optimized
-    ``batch_size`` at a time (default: all at once). Optimizers that couple tensor elements
-    (anything not in :data:`mei.config.ELEMENTWISE_OPTIMIZERS`, e.g. LBFGS) cannot share a
-    run; their units are optimized one by one.
+    :func:`gradient_ascent` gives for ``ConstrainedOutputModel(model, unit, target_fn,
+    forward_kwargs)`` with the same seed and config. ``seed`` is one seed for all units or one
+    per unit. Units are optimized ``batch_size`` at a time (default: all at once). A config
+    whose MEIs cannot share a run and still each equal its single run (see
+    :meth:`mei.config.MethodConfig.batch_blockers`: an optimizer that couples tensor
+    elements such as LBFGS, ``n_meis > 1``, transparency, a component that does not declare
+    that it acts per element) is run one unit at a time; the log says why.
     """
     method = resolve_config(config)
-    shape = _normalize_shape(dataloaders, shape)
     units = [int(u) for u in units]
     if hasattr(seed, "__len__"):  # a sequence, array or tensor of seeds
         seeds = [check_seed(s, f"seed[{i}]") for i, s in enumerate(cast(Sequence[int], seed))]
@@ -260,10 +483,11 @@ def gradient_ascent_units(
         raise ValueError(f"got {len(seeds)} seeds for {len(units)} units")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size!r}")
-    if not method.batchable:
-        logger.info(
-            "optimizer %s couples elements: optimizing units one by one", method.optimizer.path
-        )
+    if dataloaders is None and shape is None:
+        raise InputError("pass dataloaders or shape= to give the input shape", argument="shape")
+    blockers = method.batch_blockers()
+    if blockers and len(units) > 1:
+        logger.info("optimizing units one by one: %s", "; ".join(blockers))
         batch_size = 1
     size = batch_size or len(units) or 1
     results: list[Result] = []
@@ -274,20 +498,25 @@ def gradient_ascent_units(
             wrapped = ConstrainedOutputModel(model, chunk[0], target_fn, dict(forward_kwargs or {}))
         else:
             wrapped = UnitPerElement(model, chunk, target_fn, forward_kwargs)
-        results += run_batch(
-            method,
-            wrapped,
-            shape,
-            chunk_seeds,
-            progress=progress,
-            description=f"MEIs {start}-{start + len(chunk) - 1}",
-        )
+        with _forward_kwargs(wrapped, method.model_forward_kwargs):
+            read = None if dataloaders is None else _shape_reader(dataloaders, wrapped)
+            results += run_batch(
+                method,
+                wrapped,
+                None if shape is None else _normalize_shape(shape),
+                chunk_seeds,
+                progress=progress,
+                description=f"MEIs {start}-{start + len(chunk) - 1}",
+                read_shape=read,
+            )
     return results
 
 
 __all__ = [
     "gradient_ascent",
     "gradient_ascent_units",
+    "get_dims_for_loader_dict",
+    "get_input_dimensions",
     "get_input_shape",
     "run_batch",
     "ConfigError",

@@ -3,6 +3,7 @@ check a model's first response."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -16,12 +17,27 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
-class ConstrainedOutputModel(nn.Module):
-    """The response of one output unit: ``target_fn(model(x, **forward_kwargs)[:, constraint])``.
+def _select(output: Tensor, constraint: Any) -> Tensor:
+    """``output[:, constraint]`` as the original library selected: an int unit keeps its
+    dimension (``(B, 1)``), ``None`` or an empty list selects everything."""
+    if constraint is None:
+        return output
+    if isinstance(constraint, numbers.Integral):
+        return output[:, [int(constraint)]]
+    if isinstance(constraint, slice):
+        return output[:, constraint]
+    units = list(constraint)
+    return output if not units else output[:, units]
 
-    ``constraint`` indexes the model's second dimension (an int, a slice or a list of units).
-    ``forward_kwargs`` are passed to every call and never changed by one; keyword arguments
-    given at call time are added to a copy.
+
+class ConstrainedOutputModel(nn.Module):
+    """The response of some output units: ``target_fn(model(x, **forward_kwargs)[:, units])``.
+
+    ``constraint`` indexes the model's second dimension: an int (selected as ``[unit]``, so
+    ``target_fn`` gets ``(B, 1)``, as in the original library), a list of units, a slice, or
+    ``None`` (everything). ``target_fn`` may reduce a batch of one to a single number (e.g.
+    ``torch.mean`` over several units). ``forward_kwargs`` are passed to every call and never
+    changed by one; keyword arguments given at call time are added to a copy.
     """
 
     def __init__(
@@ -39,11 +55,40 @@ class ConstrainedOutputModel(nn.Module):
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         merged = {**self.forward_kwargs, **kwargs}
-        return self.target_fn(self.model(x, *args, **merged)[:, self.constraint])
+        return self.target_fn(_select(self.model(x, *args, **merged), self.constraint))
 
     def extra_repr(self) -> str:
         target = "" if self.target_fn is _identity else f", target_fn={self.target_fn!r}"
         return f"constraint={self.constraint!r}{target}, forward_kwargs={self.forward_kwargs!r}"
+
+
+class ContrastiveOutputModel(nn.Module):
+    """The difference of two models' responses of one unit:
+    ``target_fn((model1(x) - model2(x))[:, constraint])`` (the original library's wrapper;
+    both get ``forward_kwargs``)."""
+
+    def __init__(
+        self,
+        model1: nn.Module,
+        model2: nn.Module,
+        constraint: Any,
+        target_fn: Callable[[Tensor], Tensor] | None = None,
+        forward_kwargs: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.model1 = model1
+        self.model2 = model2
+        self.constraint = constraint
+        self.target_fn = target_fn if target_fn is not None else _identity
+        self.forward_kwargs = dict(forward_kwargs) if forward_kwargs else {}
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        merged = {**self.forward_kwargs, **kwargs}
+        contrast = self.model1(x, *args, **merged) - self.model2(x, *args, **merged)
+        return self.target_fn(contrast[:, self.constraint])
+
+    def extra_repr(self) -> str:
+        return f"constraint={self.constraint!r}, forward_kwargs={self.forward_kwargs!r}"
 
 
 class EnsembleModel(nn.Module):
@@ -55,7 +100,8 @@ class EnsembleModel(nn.Module):
             raise ValueError("EnsembleModel needs at least one member")
         self.members = nn.ModuleList(members)
 
-    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    def forward(self, x: Tensor, *args: Any, avg: bool = True, **kwargs: Any) -> Tensor:
+        """The members' mean output; ``avg=False``: their outputs stacked, ``(members, ...)``."""
         outputs = [member(x, *args, **kwargs) for member in self.members]
         for i, output in enumerate(outputs):
             if isinstance(output, Tensor) and not output.dtype.is_floating_point:
@@ -64,15 +110,17 @@ class EnsembleModel(nn.Module):
                     f"of dtype {output.dtype}; members must return floating-point values to be "
                     "averaged (and ascended)"
                 )
-        return torch.stack(outputs, dim=0).mean(dim=0)
+        stacked = torch.stack(outputs, dim=0)
+        return stacked if avg is False else stacked.mean(dim=0)
 
 
 class UnitPerElement(nn.Module):
     """Element ``b`` of the batch gets unit ``units[b]``: ``model(x)[b, units[b]]``, ``(B,)``.
 
-    This is how a batched run gives every MEI its own neuron. ``target_fn`` (applied to the
-    selected responses, elementwise) and ``forward_kwargs`` are as in
-    :class:`ConstrainedOutputModel`.
+    This is how a batched run gives every MEI its own neuron. ``target_fn`` and
+    ``forward_kwargs`` are as in :class:`ConstrainedOutputModel`; ``target_fn`` is applied to
+    each element's selection ``(1, 1)`` on its own, exactly as the element's single run applies
+    it, and must give one value.
     """
 
     def __init__(
@@ -93,9 +141,20 @@ class UnitPerElement(nn.Module):
         if len(x) != len(self.units):
             raise ValueError(f"expected a batch of {len(self.units)} inputs, got {len(x)}")
         output = self.model(x, **self.forward_kwargs)
-        units = self._units.to(output.device)
-        selected = output[torch.arange(len(x), device=output.device), units]
-        return self.target_fn(selected)
+        if self.target_fn is _identity:
+            units = self._units.to(output.device)
+            selected: Tensor = output[torch.arange(len(x), device=output.device), units]
+            return selected
+        values = []
+        for b, unit in enumerate(self.units):
+            value = self.target_fn(output[b : b + 1, [unit]])
+            if not isinstance(value, Tensor) or value.numel() != 1:
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ModelError(
+                    f"target_fn must reduce one element's response (1, 1) to one value, got {got}"
+                )
+            values.append(value.reshape(()))
+        return torch.stack(values)
 
     def extra_repr(self) -> str:
         return f"units={self.units!r}"

@@ -30,6 +30,7 @@ from .errors import ComponentError, ModelError, NonFiniteError
 from .tracking import BatchTracking, Tracker
 from .transforms import final_transform
 from .typing import (
+    Background,
     BatchedStopper,
     Model,
     PostProcessing,
@@ -64,25 +65,45 @@ class MEI:
         regularization: Regularization | None = None,
         precondition: Precondition | None = None,
         postprocessing: PostProcessing | None = None,
+        *,
+        group: int = 1,
+        inhibitory: bool | None = None,
+        transparency: bool | None = None,
+        transparency_weight: float = 1.0,
+        background: Background | None = None,
     ):
         self.func = func
         self._input = initial.tensor if isinstance(initial, Input) else initial
         if not self._input.requires_grad:
-            raise ValueError("the input being optimized must require grad")
+            if not self._input.is_leaf:
+                raise ValueError("the input being optimized must be a leaf tensor")
+            self._input.requires_grad_(True)
         self.optimizer = optimizer
         self.transform = transform
         self.regularization = regularization
         self.precondition = precondition
         self.postprocessing = postprocessing
+        if group < 1 or len(self._input) % group:
+            raise ValueError(
+                f"group must divide the {len(self._input)} input rows, got group={group}"
+            )
+        self.group = group
+        self.inhibitory = bool(inhibitory)
+        self.transparency = bool(transparency)
+        self.transparency_weight = transparency_weight
+        self.background = background
+        if self.transparency and background is None:
+            raise ValueError("transparency needs a background to compose the MEI over")
         self.i_iter = 0
         # (mask (B, 1, ...) bool, values): the elements that stopped and their inputs
         self._frozen: tuple[Tensor, Tensor] | None = None
         self._closure_step = _takes_closure(optimizer)
-        self._nonfinite = torch.zeros(len(self._input), dtype=torch.bool, device=self._input.device)
+        self._nonfinite = torch.zeros(self.batch_size, dtype=torch.bool, device=self._input.device)
 
     @property
     def batch_size(self) -> int:
-        return len(self._input)
+        """The number of elements (MEIs, or groups of ``group`` images) in the batch."""
+        return len(self._input) // self.group
 
     @property
     def current_input(self) -> Tensor:
@@ -94,18 +115,37 @@ class MEI:
         batch = self.batch_size
         if not isinstance(output, Tensor):
             raise ModelError(f"the model returned a {type(output).__name__}, not a tensor")
-        if output.shape not in ((batch,), (batch, 1)):
+        # a batch of one may be reduced to a single number of any shape (the original
+        # library took .item() of it: a target function such as a mean gives a 0-d tensor)
+        if output.shape not in ((batch,), (batch, 1)) and not (batch == 1 and output.numel() == 1):
+            per = "input" if self.group == 1 else f"group of {self.group} inputs (n_meis)"
             raise ModelError(
-                f"the model must return one value per input, shape ({batch},) or ({batch}, 1), "
+                f"the model must return one value per {per}, shape ({batch},) or ({batch}, 1), "
                 f"got {tuple(output.shape)}; select a unit, e.g. with "
                 "mei.modules.ConstrainedOutputModel(model, unit)"
+                + (", and reduce each group, e.g. target_fn=torch.mean" if self.group > 1 else "")
             )
         if not output.requires_grad:
             raise ModelError(
                 "the model's output does not depend on its input (no gradient flows back); "
                 "check that the model does not detach or replace its input"
             )
-        return output.reshape(batch)
+        output = output.reshape(batch)
+        return -output if self.inhibitory else output
+
+    def _composite(self, x: Tensor, i: int, background: Tensor) -> Tensor:
+        """The transparent MEI over ``background`` as the original library composed it: the
+        first channel blended with the first row of the weighted background by the alpha
+        (last) channel, followed by the channels between."""
+        image, alpha = x[:, [0], ...], x[:, -1, ...]
+        weighted = background.to(x.device)[[0], ...] * self.transparency_weight
+        blended = weighted[[0]] * (1.0 - alpha) + image * alpha
+        return torch.cat((blended, x[:, 1:-1, ...]), dim=1)
+
+    def _draw_background(self, x: Tensor, i: int) -> Tensor:
+        assert self.background is not None  # checked in __init__
+        background: Any = self.background(x, i)
+        return background if isinstance(background, Tensor) else torch.as_tensor(background)
 
     def _regularize(self, transformed: Tensor) -> Tensor | None:
         if self.regularization is None:
@@ -142,15 +182,28 @@ class MEI:
             # Optimizers such as LBFGS evaluate several times per step; the record keeps the
             # first evaluation, taken at the input before the step.
             self.optimizer.zero_grad(set_to_none=True)
-            transformed = self.transform(x, i) if self.transform is not None else x
-            if not isinstance(transformed, Tensor):
-                raise ComponentError(
-                    f"transform returned a {type(transformed).__name__}, not a tensor"
-                )
-            evaluation = self._evaluate(transformed)
-            reg_term = self._regularize(transformed)
-            objective = evaluation if reg_term is None else evaluation - reg_term
-            loss = -objective.sum()
+            if self.transparency:
+                # the original drew the background twice per step (it evaluated twice), so
+                # random backgrounds draw twice here too; the second draw was not used
+                composite = self._composite(x, i, self._draw_background(x, i))
+                self._draw_background(x, i)
+                transformed = composite.float()
+                evaluation = self._evaluate(transformed)
+                mean_alpha = torch.mean(x[:, -1, ...])
+                reg_term = self._regularize(mean_alpha)
+                scale = 1 - mean_alpha * self.transparency_weight
+                loss = (-evaluation if reg_term is None else -evaluation + reg_term) * scale
+                loss = loss.sum()
+            else:
+                transformed = self.transform(x, i) if self.transform is not None else x
+                if not isinstance(transformed, Tensor):
+                    raise ComponentError(
+                        f"transform returned a {type(transformed).__name__}, not a tensor"
+                    )
+                evaluation = self._evaluate(transformed)
+                reg_term = self._regularize(transformed)
+                objective = evaluation if reg_term is None else evaluation - reg_term
+                loss = -objective.sum()
             loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             grad = x.grad
             if grad is None:
@@ -214,6 +267,7 @@ class MEI:
             grad=first["grad"],
             preconditioned_grad=first["preconditioned"],
             dropped=dropped,
+            group=self.group,
         )
 
     def freeze(self, indices: Sequence[int]) -> None:
@@ -223,7 +277,8 @@ class MEI:
             mask_shape = (len(x),) + (1,) * (x.dim() - 1)
             self._frozen = (torch.zeros(mask_shape, dtype=torch.bool, device=x.device), x.clone())
         mask, values = self._frozen
-        index = torch.as_tensor(list(indices), dtype=torch.long, device=x.device)
+        rows = [b * self.group + r for b in indices for r in range(self.group)]
+        index = torch.as_tensor(rows, dtype=torch.long, device=x.device)
         mask[index] = True
         values[index] = x[index]
 
@@ -239,11 +294,15 @@ class MEI:
     @torch.no_grad()
     def evaluate(self) -> Tensor:
         """The model's response to the current inputs, seen through the deterministic version
-        of the transform, ``(B,)``: the score of the MEIs as they are now."""
+        of the transform (with transparency: composed over the background), ``(B,)``: the
+        score of the MEIs as they are now."""
         x = self._input.detach()
-        if self.transform is not None:
+        if self.transparency:
+            x = self._composite(x, self.i_iter, self._draw_background(x, self.i_iter)).float()
+        elif self.transform is not None:
             x = final_transform(self.transform, x, self.i_iter)
-        return self.func(x).reshape(self.batch_size)
+        output = self.func(x).reshape(self.batch_size)
+        return -output if self.inhibitory else output
 
     def __repr__(self) -> str:
         parts = [
@@ -324,6 +383,7 @@ def optimize(
     *,
     check_every: int = ...,
     progress: Progress | None = ...,
+    score: str = ...,
 ) -> tuple[float, Tensor]: ...
 
 
@@ -335,6 +395,7 @@ def optimize(
     *,
     check_every: int = ...,
     progress: Progress | None = ...,
+    score: str = ...,
 ) -> tuple[list[float], Tensor]: ...
 
 
@@ -345,15 +406,21 @@ def optimize(
     *,
     check_every: int = 25,
     progress: Progress | None = None,
+    score: str = "last_step",
 ) -> tuple[float | list[float], Tensor]:
     """Step ``mei`` until its stoppers say stop; return ``(score, input)``.
 
     With one stopper and tracker (a batch of one) the result is ``(float, Tensor (1, ...))``.
     With a list of stoppers and trackers (one per batch element) each element runs until its
     own stopper stops it, after which its input stays fixed; the result is
-    ``(list of floats, Tensor (B, ...))``. Scores are the model's evaluation of the returned
-    inputs. ``progress`` is an object with ``update(n)`` (e.g. a tqdm bar), called per step.
+    ``(list of floats, Tensor (B, ...))``. ``score="last_step"`` (the original library's):
+    an element's score is the evaluation of its last step, taken before that step's update;
+    ``score="final"``: the model's evaluation of the returned input (through the
+    deterministic version of the transform). ``progress`` is an object with ``update(n)``
+    (e.g. a tqdm bar), called per step.
     """
+    if score not in ("last_step", "final"):
+        raise ValueError(f"score must be 'last_step' or 'final', got {score!r}")
     single = not isinstance(stopper, (list, tuple))
     stoppers = [cast(Stopper, stopper)] if single else list(cast(Sequence[Stopper], stopper))
     trackers = [cast(Tracker, tracker)] if single else list(cast(Sequence[Tracker], tracker))
@@ -365,6 +432,7 @@ def optimize(
     stopping = _Stopping(stoppers)
     tracking = BatchTracking(trackers)
     active = list(range(mei.batch_size))
+    last: Tensor | None = None  # each element's evaluation at the step it stopped
     while active:
         keep = _union(stopping.reads(mei.i_iter), tracking.reads(mei.i_iter))
         record = mei.step(keep)
@@ -379,6 +447,14 @@ def optimize(
         stopped = stopping.step(record, active, state, tracking.needs_states)
         tracking.track(record, active, state)
         if stopped:
+            if score == "last_step":
+                if len(stopped) == len(active) and last is None:
+                    last = record.evaluation.detach().clone()
+                else:
+                    if last is None:
+                        last = torch.zeros_like(record.evaluation)
+                    index = torch.as_tensor(list(stopped), device=last.device)
+                    last[index] = record.evaluation.detach()[index]
             done = set(stopped)
             active = [b for b in active if b not in done]
             if active:
@@ -389,7 +465,7 @@ def optimize(
         if mei.i_iter % check_every == 0:
             mei.check_finite()
     mei.check_finite()
-    scores = mei.evaluate()
+    scores = mei.evaluate() if score == "final" or last is None else last
     if not bool(torch.isfinite(scores).all()):
         raise NonFiniteError(f"the final evaluation is not finite: {scores.tolist()}")
     values: list[float] = scores.cpu().tolist()

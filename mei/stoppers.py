@@ -36,22 +36,48 @@ class OptimizationStopper(ABC):
 
 
 class NumIterations(OptimizationStopper):
-    """Stop after exactly ``num_iterations`` steps.
+    """Stop at the step whose index ``i_iter`` is ``num_iterations``: ``num_iterations + 1``
+    steps, as the original library counted.
 
-    (The original library ran ``num_iterations + 1`` steps; this one runs the number asked.)
+    Method rows stored by labs name this stopper, and DataJoint promises that a key
+    recomputes to the same row, so it keeps the original's count. :class:`MaxSteps` runs
+    exactly the number of steps asked.
     """
 
     def __init__(self, num_iterations: int):
-        if int(num_iterations) != num_iterations or num_iterations < 1:
-            raise ValueError(f"num_iterations must be a positive integer, got {num_iterations!r}")
+        if int(num_iterations) != num_iterations or num_iterations < 0:
+            raise ValueError(
+                f"num_iterations must be a non-negative integer, got {num_iterations!r}"
+            )
         self.num_iterations = int(num_iterations)
 
     def __call__(self, current_state: State) -> tuple[bool, Any]:
-        return current_state.i_iter + 1 >= self.num_iterations, None
+        return current_state.i_iter >= self.num_iterations, None
+
+    @property
+    def steps(self) -> int:
+        """How many steps a run takes."""
+        return self.num_iterations + 1
 
     @classmethod
     def batched(cls, stoppers: Sequence[NumIterations]) -> BatchedStopper:
-        return NumIterationsBatch([s.num_iterations - 1 for s in stoppers])
+        return NumIterationsBatch([s.num_iterations for s in stoppers])
+
+
+class MaxSteps(OptimizationStopper):
+    """Stop after exactly ``steps`` steps (the last has ``i_iter == steps - 1``)."""
+
+    def __init__(self, steps: int):
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        self.steps = int(steps)
+
+    def __call__(self, current_state: State) -> tuple[bool, Any]:
+        return current_state.i_iter + 1 >= self.steps, None
+
+    @classmethod
+    def batched(cls, stoppers: Sequence[MaxSteps]) -> BatchedStopper:
+        return NumIterationsBatch([s.steps - 1 for s in stoppers])
 
 
 class EarlyStopping(OptimizationStopper):

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .domain import State, StepRecord
 
 __all__ = [
+    "Background",
     "BatchedObjective",
     "BatchedStopper",
     "Dataloaders",
@@ -79,6 +80,14 @@ class Precondition(Protocol):
 @runtime_checkable
 class PostProcessing(Protocol):
     """Projects the input after the step (no gradient): ``(x, i_iteration) -> Tensor``."""
+
+    def __call__(self, x: Tensor, i_iteration: int, /) -> Tensor: ...
+
+
+@runtime_checkable
+class Background(Protocol):
+    """What a transparent MEI is composed over: ``(x, i_iteration) -> Tensor`` (the original
+    library's ``background``, used with ``transparency``)."""
 
     def __call__(self, x: Tensor, i_iteration: int, /) -> Tensor: ...
 

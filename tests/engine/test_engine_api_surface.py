@@ -101,12 +101,12 @@ def test_modules_are_nn_modules_and_forward_kwargs_are_not_mutated():
     kwargs = {"scale": 2.0}
     model = ConstrainedOutputModel(WithKwargs(), 1, forward_kwargs=kwargs)
     x = torch.ones(2, 1, 2, 2)
-    assert torch.equal(model(x, extra=1), torch.full((2,), 2.0))
+    assert torch.equal(model(x, extra=1), torch.full((2, 1), 2.0))  # an int unit keeps its dim
     assert kwargs == {"scale": 2.0} and model.forward_kwargs == {"scale": 2.0}
     seen = []
     model.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     model(x)
-    assert seen == [torch.Size([2])]
+    assert seen == [torch.Size([2, 1])]
     ensemble = EnsembleModel(
         WithKwargs(), ConstrainedOutputModel(WithKwargs(), slice(None), target_fn=lambda y: 3 * y)
     )

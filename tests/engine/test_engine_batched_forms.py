@@ -109,7 +109,7 @@ def test_combined_stoppers_match_their_per_element_twins(combiner):
     _assert_same_results(fast, slow)
     stops = 9 if combiner == "AnyStopper" else 14
     log = fast[0][2]["per_element_twins.stopper_output_objective"]
-    assert log["times"][-1] == stops - 1 - (stops - 1) % 2
+    assert log["times"][-1] == stops - stops % 2  # NumIterations(n) stops at step n
     assert log["values"][0] == [None, None]  # the batched outputs reach per-element objectives
 
 
@@ -163,10 +163,10 @@ def test_elements_stopping_at_different_steps_match_the_per_element_path(thresho
     for log, log2 in zip(fast[2], slow[2], strict=True):
         _assert_same_logs(log, log2)
         stop_steps.append(log["grad"]["times"][-1] + 1)
-    if threshold is None:
-        assert stop_steps == limits
+    if threshold is None:  # NumIterations(n): n + 1 steps, as the original library ran
+        assert stop_steps == [n + 1 for n in limits]
     else:  # the custom stopper stopped some elements early
-        assert any(s < n for s, n in zip(stop_steps, limits, strict=True))
+        assert any(s < n + 1 for s, n in zip(stop_steps, limits, strict=True))
 
 
 def test_custom_per_element_stopper_with_batched_objectives_matches():

@@ -253,14 +253,14 @@ def test_a_stored_lab_config_with_legacy_paths_runs():
         "transform": {"path": "mei.legacy.ops.Jitter", "kwargs": {"max_jitter": 1}},
         "regularization": {"path": "mei.legacy.ops.TotalVariation", "kwargs": {"weight": 0.01}},
         "stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 20}},
+        "objectives": [{"path": "mei.objectives.EvaluationObjective", "kwargs": {"interval": 1}}],
     }
     assert resolve_config(config).batchable
     model = ConstrainedOutputModel(SmallConvNet(), 2)
-    start = model(
-        torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 5 / 16
-    ).item()
-    mei, score, _ = gradient_ascent(None, model, config, 0, shape=(1, 1, 16, 16))
-    assert score > start
+    mei, score, output = gradient_ascent(None, model, config, 0, shape=(1, 1, 16, 16))
+    evaluations = output["mei.objectives.EvaluationObjective"]["values"]
+    assert len(evaluations) == 21 and score == evaluations[-1]
+    assert torch.linalg.vector_norm(mei).item() == pytest.approx(5.0, rel=1e-5)  # ChangeNorm
 
 
 def test_legacy_ops_imports_nothing_beyond_torch_and_numpy():

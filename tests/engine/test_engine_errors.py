@@ -41,8 +41,8 @@ MODEL = ConstrainedOutputModel(LinearNeurons(), 0)
             r"config\['optimizer'\] \(torch.optim.SGD\): ValueError: Invalid learning rate",
         ),
         (
-            {"stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 0}}},
-            r"config\['stopper'\].*num_iterations must be a positive integer, got 0",
+            {"stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": -1}}},
+            r"config\['stopper'\].*num_iterations must be a non-negative integer, got -1",
         ),
         (
             {"stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {}}},
@@ -134,5 +134,5 @@ def test_resolve_checks_everything_before_the_first_step():
 
 
 def test_needs_shape_or_dataloaders():
-    with pytest.raises(ValueError, match="pass shape="):
+    with pytest.raises(ValueError, match="shape="):
         gradient_ascent(None, MODEL, base_config(), 0)

@@ -42,7 +42,7 @@ def test_gabor_neuron_recovers_its_gabor():
     assert score > GaborNeuron()(torch.randn(1, 1, 21, 21) * 10 / 21).item()
 
 
-def test_score_is_evaluation_of_returned_mei_and_trace_is_logged():
+def test_score_is_the_last_steps_evaluation_and_trace_is_logged():
     model = ConstrainedOutputModel(LinearNeurons(n=2), 0)
     config = base_config(
         objectives=[
@@ -52,24 +52,33 @@ def test_score_is_evaluation_of_returned_mei_and_trace_is_logged():
     )
     mei, score, output = gradient_ascent(None, model, config, 1, shape=(1, 1, 8, 8))
     evaluations = output["mei.objectives.EvaluationObjective"]
-    assert evaluations["times"] == list(range(0, 50, 10))
+    assert evaluations["times"] == list(range(0, 51, 10))  # NumIterations(50): steps 0..50
     assert all(isinstance(v, float) for v in evaluations["values"])
     assert evaluations["values"][-1] > evaluations["values"][0]
     inputs = output["mei.objectives.PostProcessedInputObjective"]
-    assert inputs["times"] == [0, 25]
+    assert inputs["times"] == [0, 25, 50]
     assert inputs["values"][0].shape == (1, 1, 8, 8)
-    assert score == model(mei).item()
+    # the original library's score: the evaluation of the last step, before its update
+    assert score == evaluations["values"][-1]
+    assert score != model(mei).item()
+    final = gradient_ascent(None, model, dict(config, score="final"), 1, shape=(1, 1, 8, 8))
+    assert torch.equal(final[0], mei)
+    assert final[1] == model(mei).item()
 
 
-def test_num_iterations_runs_exactly_n_steps():
-    config = base_config(
-        stopper={"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 7}},
-        objectives=[{"path": "mei.objectives.EvaluationObjective", "kwargs": {"interval": 1}}],
-    )
-    _, _, output = gradient_ascent(
-        None, ConstrainedOutputModel(LinearNeurons(), 0), config, 0, shape=(1, 1, 8, 8)
-    )
-    assert output["mei.objectives.EvaluationObjective"]["times"] == list(range(7))
+def test_num_iterations_runs_n_plus_one_steps_and_max_steps_exactly_n():
+    for path, kwargs, steps in (
+        ("mei.stoppers.NumIterations", {"num_iterations": 7}, 8),
+        ("mei.stoppers.MaxSteps", {"steps": 7}, 7),
+    ):
+        config = base_config(
+            stopper={"path": path, "kwargs": kwargs},
+            objectives=[{"path": "mei.objectives.EvaluationObjective", "kwargs": {"interval": 1}}],
+        )
+        _, _, output = gradient_ascent(
+            None, ConstrainedOutputModel(LinearNeurons(), 0), config, 0, shape=(1, 1, 8, 8)
+        )
+        assert output["mei.objectives.EvaluationObjective"]["times"] == list(range(steps))
 
 
 def test_same_seed_gives_bitwise_identical_meis_and_other_seed_differs():
@@ -145,7 +154,11 @@ def test_one_forward_and_one_backward_per_step():
         regularization={"path": "mei.regularization.TotalVariation", "kwargs": {"weight": 0.1}},
     )
     gradient_ascent(None, ConstrainedOutputModel(net, 0), config, 0, shape=(1, 1, 8, 8))
-    assert counts == {"forward": 12 + 1, "backward": 12}  # + 1: scoring the returned MEI
+    assert counts == {"forward": 13, "backward": 13}  # NumIterations(12): 13 steps
+    counts.update(forward=0, backward=0)
+    config["score"] = "final"
+    gradient_ascent(None, ConstrainedOutputModel(net, 0), config, 0, shape=(1, 1, 8, 8))
+    assert counts == {"forward": 13 + 1, "backward": 13}  # + 1: scoring the returned MEI
 
 
 def test_states_copy_nothing_to_the_host_unless_read():

@@ -7,7 +7,7 @@ from models import LinearNeurons, base_config
 from mei.domain import State
 from mei.methods import gradient_ascent
 from mei.modules import ConstrainedOutputModel
-from mei.stoppers import AnyStopper, EarlyStopping, NumIterations
+from mei.stoppers import AnyStopper, EarlyStopping, MaxSteps, NumIterations
 from mei.tracking import Tracker
 
 MODEL = ConstrainedOutputModel(LinearNeurons(), 0)
@@ -47,9 +47,14 @@ def test_any_stopper_combines_and_builds_from_entries():
             EarlyStopping(patience=100),
         ]
     )
-    assert [stopper(_state(i, i))[0] for i in range(3)] == [False, False, True]
+    assert [stopper(_state(i, i))[0] for i in range(4)] == [False, False, False, True]
     assert "NumIterations(num_iterations=3)" in repr(stopper)
-    assert NumIterations(4)(_state(3))[0] and not NumIterations(4)(_state(2))[0]
+    # the original library's count: NumIterations(n) stops at the step with i_iter == n
+    assert NumIterations(4)(_state(4))[0] and not NumIterations(4)(_state(3))[0]
+    assert NumIterations(0)(_state(0))[0] and NumIterations(0).steps == 1
+    assert MaxSteps(4)(_state(3))[0] and not MaxSteps(4)(_state(2))[0]
+    with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
+        MaxSteps(0)
 
 
 def test_tracker_logs_only_non_none():
