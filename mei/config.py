@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from .domain import State
 from .errors import ConfigError, InputError, list_names, shorten
-from .import_helpers import import_object
+from .import_helpers import resolve_path
 from .typing import (
     Background,
     InitialGuess,
@@ -199,7 +199,7 @@ def _per_row(factory: Any) -> bool:
 
 @functools.cache
 def _elementwise_classes() -> tuple[type, ...]:
-    return tuple(import_object(p) for p in sorted(ELEMENTWISE_OPTIMIZERS))
+    return tuple(resolve_path(p) for p in sorted(ELEMENTWISE_OPTIMIZERS))
 
 
 def parse_device(value: Any, *, check_exists: bool = True) -> torch.device:
@@ -468,7 +468,7 @@ def _resolve_entry(key: str, entry: Any) -> ComponentSpec[Any]:
             f"'kwargs' must be a dict with string keys, got {shorten(kwargs)}", key=key, path=path
         )
     try:
-        factory = import_object(path)
+        factory = resolve_path(path)
     except ImportError as e:
         raise ConfigError(f"does not import: {e}", key=key, path=path) from None
     if not callable(factory):

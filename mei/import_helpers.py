@@ -15,7 +15,7 @@ def split_module_name(abs_class_name: str) -> tuple[str, str]:
     return abs_module_name, class_name
 
 
-def import_object(path: str) -> Any:
+def resolve_path(path: str) -> Any:
     """Import and return the object named by the dotted ``path``.
 
     Raises ``ImportError`` naming the path when the module or attribute does not exist.
@@ -31,11 +31,29 @@ def import_object(path: str) -> Any:
         raise ImportError(f"module {module_name!r} has no attribute {name!r}") from None
 
 
+def import_object(path: str, object_kwargs: Mapping[str, Any] | None = None) -> Any:
+    """Import the object at the dotted ``path`` and call it with ``object_kwargs`` (the
+    original library's helper: ``import_object("torch.optim.SGD", {...})`` gives an optimizer).
+
+    Raises ``ValueError`` naming the path when it is not dotted, or its module or object does
+    not exist, or the object is not callable.
+    """
+    if not isinstance(path, str) or "." not in path:
+        raise ValueError(f"{path!r} is not an absolute dotted path such as 'module.Name'")
+    try:
+        obj = resolve_path(path)
+    except ImportError as e:
+        raise ValueError(str(e)) from e
+    if not callable(obj):
+        raise ValueError(f"the object at {path!r} ({type(obj).__name__}) is not callable")
+    return obj(**(object_kwargs or {}))
+
+
 def dynamic_import(abs_module_path: str, class_name: str) -> Any:
     """Import ``class_name`` from the module ``abs_module_path`` (the seed's helper)."""
-    return import_object(f"{abs_module_path}.{class_name}")
+    return resolve_path(f"{abs_module_path}.{class_name}")
 
 
 def import_path(path: str, kwargs: Mapping[str, Any] | None = None) -> Any:
     """Import the object at ``path`` and call it with ``kwargs``."""
-    return import_object(path)(**(kwargs or {}))
+    return resolve_path(path)(**(kwargs or {}))

@@ -417,11 +417,14 @@ def gradient_ascent(
     ``{objective path: {"times": [...], "values": [...]}}``.
     """
     if _later_protocol(dataloaders, model, config):
+        # gradient_ascent(model, config, seed, shape=None, dataloaders=None)
+        later = [seed, *args]
         dataloaders, model, config, seed = None, dataloaders, model, cast(Any, config)
-        if args:
-            shape, args = args[0], args[1:]
-        if args:
-            dataloaders, args = args[0], args[1:]
+        if later and later[0] is not None:
+            shape = later[0]
+        if len(later) > 1:
+            dataloaders = later[1]
+        args = tuple(later[2:])
     if args:
         raise TypeError(f"gradient_ascent got {len(args)} unexpected positional argument(s)")
     if model is None or config is None or seed is None:

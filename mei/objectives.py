@@ -21,10 +21,18 @@ from .typing import BatchedObjective
 
 
 class Objective(ABC):
-    """Base class: ``__call__(current_state) -> value or None``."""
+    """Base class: ``__call__(current_state) -> value or None``.
+
+    As in the original library, a subclass may implement only ``compute(current_state)``:
+    it is then computed at every step.
+    """
+
+    def __call__(self, current_state: State) -> Any:
+        return self.compute(current_state)
 
     @abstractmethod
-    def __call__(self, current_state: State) -> Any: ...
+    def compute(self, current_state: State) -> Any:
+        """The value to record for ``current_state`` (``None``: nothing to record)."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

@@ -70,10 +70,10 @@ def main() -> None:
     sys.path.insert(0, str(checkout))
     sys.path.insert(1, str(ROOT / "tests" / "engine"))
     import numpy as np
+    import reference_cases as cases
     import torch
 
     import mei  # the original library
-    import reference_cases as cases
 
     if Path(mei.__file__).resolve().parent != checkout / "mei":
         raise SystemExit(f"imported {mei.__file__}, not the checkout's mei package")

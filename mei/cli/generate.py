@@ -102,7 +102,7 @@ def _load_model(path: str, kwargs_json: str | None) -> Any:
     """The model from a dotted path to a callable returning an ``nn.Module`` (or a module)."""
     from torch import nn
 
-    from ..import_helpers import import_object
+    from ..import_helpers import resolve_path
 
     working_directory_importable()
     try:
@@ -112,7 +112,7 @@ def _load_model(path: str, kwargs_json: str | None) -> Any:
     if not isinstance(kwargs, dict):
         raise CLIError(f"--model-kwargs must be a JSON object, got {kwargs_json!r}")
     try:
-        obj = import_object(path)
+        obj = resolve_path(path)
     except (ImportError, ValueError) as e:
         raise CLIError(f"cannot import the model {path!r}: {e}") from None
     if isinstance(obj, nn.Module):

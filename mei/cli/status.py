@@ -17,11 +17,11 @@ from .common import (
 
 
 def _load_table(path: str) -> Any:
-    from ..import_helpers import import_object
+    from ..import_helpers import resolve_path
 
     working_directory_importable()
     try:
-        obj = import_object(path)
+        obj = resolve_path(path)
     except (ImportError, ValueError) as e:
         raise CLIError(f"cannot import the table {path!r}: {e}") from None
     table = obj() if isinstance(obj, type) else obj

@@ -18,7 +18,7 @@ import logging
 import sys
 from typing import Any
 
-from ..import_helpers import import_object
+from ..import_helpers import resolve_path
 
 
 def _restriction(text: str) -> Any:
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"mei worker: --batch-size must be positive, got {args.batch_size}", file=sys.stderr)
         return 2
     try:
-        table_class = import_object(args.table)
+        table_class = resolve_path(args.table)
     except (ImportError, ValueError) as e:
         print(f"mei worker: cannot import the table {args.table!r}: {e}", file=sys.stderr)
         return 2

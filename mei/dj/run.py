@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..config import check_seed
 from ..errors import ComponentError, ConfigError, NonFiniteError
-from ..import_helpers import import_object
+from ..import_helpers import resolve_path
 from ..modules import ConstrainedOutputModel
 from .hashing import make_hash
 
@@ -86,7 +86,7 @@ def validate_method(method_fn: str, method_config: Any, *, check_config: bool = 
             path=method_fn,
         )
     try:
-        fn = import_object(method_fn)
+        fn = resolve_path(method_fn)
     except (ImportError, ValueError) as e:
         raise ConfigError(f"method_fn cannot be imported: {e}", path=method_fn) from e
     if not callable(fn):

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import torch
 
-from mei.import_helpers import import_object
+from mei.import_helpers import resolve_path
 
 DEVICES = [
     pytest.param("cpu", id="cpu"),
@@ -62,7 +62,7 @@ class Case:
         return self.name or self.path.rsplit(".", 1)[1]
 
     def build(self) -> Any:
-        return import_object(self.path)(**copy.deepcopy(self.kwargs))
+        return resolve_path(self.path)(**copy.deepcopy(self.kwargs))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

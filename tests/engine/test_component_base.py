@@ -18,7 +18,7 @@ from component_base import (
 
 import mei.legacy.ops
 from mei import postprocessing, preconditioning, regularization, transforms
-from mei.import_helpers import import_object
+from mei.import_helpers import resolve_path
 
 TRANSFORMS = [
     Case("mei.transforms.Identity"),
@@ -108,7 +108,7 @@ class TestPostprocessors(ComponentTester):
 )
 def test_every_component_has_a_case(module):
     """A new component without a case here fails, so it cannot skip the shared checks."""
-    covered = {import_object(case.path) for case in ALL}
+    covered = {resolve_path(case.path) for case in ALL}
     public = getattr(module, "__all__", None) or [n for n in vars(module) if not n[0] == "_"]
     components = [
         obj

@@ -6,7 +6,13 @@ import pytest
 
 PUBLIC = {
     "mei": ["gradient_ascent", "gradient_ascent_units", "ConfigError"],
-    "mei.methods": ["gradient_ascent", "gradient_ascent_units"],
+    "mei.methods": [
+        "gradient_ascent",
+        "gradient_ascent_units",
+        "get_input_dimensions",
+        "get_dims_for_loader_dict",
+        "get_input_shape",
+    ],
     "mei.domain": ["State", "Input"],
     "mei.optimization": ["MEI", "optimize"],
     "mei.initial": [
@@ -17,7 +23,13 @@ PUBLIC = {
         "FromTensor",
         "FromFile",
     ],
-    "mei.stoppers": ["OptimizationStopper", "NumIterations", "EarlyStopping", "AnyStopper"],
+    "mei.stoppers": [
+        "OptimizationStopper",
+        "NumIterations",
+        "MaxSteps",
+        "EarlyStopping",
+        "AnyStopper",
+    ],
     "mei.objectives": [
         "Objective",
         "RegularIntervalObjective",
@@ -48,8 +60,13 @@ PUBLIC = {
         "PNormConstraint",
         "PNormConstraintAndClip",
     ],
-    "mei.modules": ["ConstrainedOutputModel", "EnsembleModel"],
-    "mei.import_helpers": ["import_object", "dynamic_import", "split_module_name"],
+    "mei.modules": ["ConstrainedOutputModel", "ContrastiveOutputModel", "EnsembleModel"],
+    "mei.import_helpers": [
+        "import_object",
+        "resolve_path",
+        "dynamic_import",
+        "split_module_name",
+    ],
     "mei.errors": ["ConfigError", "ComponentError", "ModelError", "NonFiniteError"],
     "mei.legacy.ops": [
         "GaussianBlur",

@@ -8,7 +8,7 @@ import torch
 
 from mei import initial, postprocessing, preconditioning, regularization, transforms
 from mei.config import resolve_config
-from mei.import_helpers import import_object
+from mei.import_helpers import resolve_path
 
 
 def _batch(seed=0, shape=(3, 2, 12, 10)):
@@ -196,7 +196,7 @@ def test_initial_from_file_restarts_from_a_stored_mei(tmp_path):
 def test_legacy_initial_guess_uses_the_seeded_global_generator():
     from mei.methods import draw_initial
 
-    old = import_object("custom_components.legacy_initial")()
+    old = resolve_path("custom_components.legacy_initial")()
     a = draw_initial(old, (1, 1, 4, 4), 9)
     torch.manual_seed(9)
     assert torch.equal(a, torch.randn(1, 1, 4, 4))
@@ -231,7 +231,7 @@ LEGACY = {
 
 @pytest.mark.parametrize("path", sorted(LEGACY))
 def test_legacy_paths_resolve_and_reprs_show_arguments(path):
-    component = import_object(path)(**LEGACY[path])
+    component = resolve_path(path)(**LEGACY[path])
     text = repr(component)
     assert text.startswith(path.rsplit(".", 1)[1] + "(")
     for name, value in LEGACY[path].items():

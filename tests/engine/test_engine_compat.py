@@ -1,0 +1,223 @@
+"""What code written for sinzlab/mei touches keeps working (issue 9): call protocols, config
+keys, the input shape per data key, target functions, and the original's small APIs."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import reference_cases as cases
+import torch
+from models import LinearNeurons, base_config
+
+from mei.config import resolve_config
+from mei.domain import Input, State
+from mei.errors import ConfigError, ModelError
+from mei.import_helpers import import_object
+from mei.methods import get_input_dimensions, gradient_ascent, gradient_ascent_units
+from mei.modules import ConstrainedOutputModel, ContrastiveOutputModel, EnsembleModel
+from mei.objectives import Objective
+from mei.optimization import MEI, optimize
+from mei.stoppers import NumIterations
+from mei.tracking import Tracker
+
+SHAPE = (1, 1, 8, 8)
+
+
+def test_a_target_function_reducing_to_one_number_works_for_a_batch_of_one():
+    model = ConstrainedOutputModel(LinearNeurons(n=3), [0, 2], target_fn=torch.mean)
+    assert model(torch.randn(1, 1, 8, 8)).dim() == 0
+    mei, score, _ = gradient_ascent(None, model, base_config(), 0, shape=SHAPE)
+    assert mei.shape == SHAPE and isinstance(score, float)
+
+
+def test_a_model_giving_several_values_for_one_input_is_refused():
+    model = ConstrainedOutputModel(LinearNeurons(n=3), [0, 2])
+    with pytest.raises(ModelError, match=r"one value per input.*got \(1, 2\)"):
+        gradient_ascent(None, model, base_config(), 0, shape=SHAPE)
+
+
+def test_batched_runs_apply_the_target_function_per_element():
+    net = LinearNeurons(n=4)
+
+    def target(y):
+        return (y**2).sum()  # reduces to 0-d: it must see one element at a time
+
+    batched = gradient_ascent_units(
+        None, net, base_config(), 3, [0, 1, 3], shape=SHAPE, target_fn=target
+    )
+    for (mei, score, _), unit in zip(batched, [0, 1, 3], strict=True):
+        single = gradient_ascent(
+            None, ConstrainedOutputModel(net, unit, target), base_config(), 3, shape=SHAPE
+        )
+        assert (mei - single[0]).abs().max() <= 1e-5 and abs(score - single[1]) <= 1e-5
+
+
+def test_the_later_keyword_call_and_positional_order_work():
+    model = ConstrainedOutputModel(LinearNeurons(), 1)
+    expected = gradient_ascent(None, model, base_config(), 4, shape=SHAPE)
+    by_keyword = gradient_ascent(model=model, config=base_config(), seed=4, shape=SHAPE)
+    later_positional = gradient_ascent(model, base_config(), 4, SHAPE)
+    for result in (by_keyword, later_positional):
+        assert torch.equal(result[0], expected[0]) and result[1] == expected[1]
+    with pytest.raises(ValueError, match="shape="):
+        gradient_ascent(model=model, config=base_config(), seed=4)
+
+
+def test_the_shape_comes_from_the_loader_of_the_units_data_key():
+    loaders = cases.dataloaders()
+    assert get_input_dimensions(loaders, data_key="session-b") == (4, 1, 12, 20)
+    assert get_input_dimensions(loaders) == (4, 1, 16, 16)  # no data key: the first loader
+    net = cases.TwoSessionNet()
+    for key, size in (("session-a", (16, 16)), ("session-b", (12, 20))):
+        model = ConstrainedOutputModel(net, 0, forward_kwargs={"data_key": key})
+        mei, _, _ = gradient_ascent(loaders, model, base_config(), 0)
+        assert mei.shape[-2:] == size
+
+
+def test_model_forward_kwargs_reach_the_model_for_the_run_only():
+    net = cases.TwoSessionNet()
+    model = ConstrainedOutputModel(net, 0, forward_kwargs={"data_key": "session-a"})
+    config = base_config(model_forward_kwargs={"data_key": "session-b"})
+    mei, _, _ = gradient_ascent(cases.dataloaders(), model, config, 0)
+    assert mei.shape[-2:] == (12, 20)  # the shape followed the config's data key
+    assert model.forward_kwargs == {"data_key": "session-a"}
+
+
+def test_n_meis_gives_several_images_with_one_score():
+    model = ConstrainedOutputModel(LinearNeurons(n=2), 0, target_fn=torch.mean)
+    mei, score, _ = gradient_ascent(None, model, base_config(n_meis=3), 0, shape=SHAPE)
+    assert mei.shape == (3, 1, 8, 8) and isinstance(score, float)
+    assert not torch.equal(mei[0], mei[1])  # three starts
+
+
+def test_inhibitory_minimizes():
+    model = ConstrainedOutputModel(LinearNeurons(), 0)
+    up = gradient_ascent(None, model, base_config(), 0, shape=SHAPE)
+    down = gradient_ascent(None, model, base_config(inhibitory=True), 0, shape=SHAPE)
+    assert model(down[0]).item() < model(up[0]).item()
+    assert down[1] < 0 < up[1]  # the score is the negated response, as the original's
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"n_meis": 0}, r"n_meis.*positive integer, got 0"),
+        ({"mei_shape": [1, 0, 4]}, r"mei_shape.*positive sizes"),
+        ({"model_forward_kwargs": ["data_key"]}, r"model_forward_kwargs.*dict"),
+        ({"transparency": True}, r"background.*add a 'background' entry"),
+        ({"transparency_weight": "high"}, r"transparency_weight.*finite number"),
+        ({"inhibitory": "yes"}, r"inhibitory.*true or false"),
+        ({"score": "best"}, r"score.*'last_step', 'final'"),
+        ({"rng": "numpy"}, r"rng.*'original', 'separate'"),
+        ({"from_the_future": 1}, r"unknown key\(s\) \['from_the_future'\]"),
+    ],
+)
+def test_bad_settings_are_named(change, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(base_config(**change))
+
+
+def test_configs_that_cannot_share_a_run_fall_back_and_say_why(caplog):
+    net = LinearNeurons(n=3)
+    config = base_config(n_meis=2)
+    with caplog.at_level(logging.INFO, logger="mei.methods"):
+        results = gradient_ascent_units(
+            None, net, config, 1, [0, 2], shape=SHAPE, target_fn=torch.mean
+        )
+    assert "one by one" in caplog.text and "n_meis=2" in caplog.text
+    single = gradient_ascent(
+        None, ConstrainedOutputModel(net, 2, torch.mean), config, 1, shape=SHAPE
+    )
+    assert torch.equal(results[1][0], single[0])
+
+
+def test_a_custom_component_must_declare_that_it_acts_per_element():
+    def scale(x, i):
+        return 2 * x
+
+    config = base_config(transform={"path": "test_engine_compat.Doubler"})
+    assert resolve_config(config).batch_blockers() == []
+    config = base_config(transform={"path": "test_engine_compat.UndeclaredDoubler"})
+    [reason] = resolve_config(config).batch_blockers()
+    assert "elementwise = True" in reason
+
+
+class UndeclaredDoubler:
+    def __call__(self, x, i_iteration=None):
+        return 2 * x
+
+
+class Doubler(UndeclaredDoubler):
+    elementwise = True
+
+
+def test_separate_rng_does_not_depend_on_reading_the_dataloaders():
+    net = cases.TwoSessionNet()
+    model = ConstrainedOutputModel(net, 0, forward_kwargs={"data_key": "session-a"})
+    config = base_config(
+        transform={"path": "mei.transforms.Jitter", "kwargs": {"max_jitter": 2}}, rng="separate"
+    )
+    from_loaders = gradient_ascent(cases.dataloaders(), model, config, 5)
+    from_shape = gradient_ascent(None, model, config, 5, shape=(1, 1, 16, 16))
+    assert torch.equal(from_loaders[0], from_shape[0])
+    original = dict(config, rng="original")
+    # the original's stream: reading shuffling loaders draws from it first
+    assert not torch.equal(
+        gradient_ascent(cases.dataloaders(), model, original, 5)[0],
+        gradient_ascent(None, model, original, 5, shape=(1, 1, 16, 16))[0],
+    )
+
+
+def test_the_originals_small_apis():
+    x = torch.zeros(1, 1, 2, 2)
+    wrapped = Input(x)
+    assert x.requires_grad and wrapped.grad is None
+    (wrapped.tensor * 3).sum().backward()
+    assert torch.equal(wrapped.grad, torch.full_like(x, 3.0))
+    copy = wrapped.clone()
+    assert copy.tensor is not x and torch.equal(copy.tensor, x)
+    fields = dict(
+        i_iter=1,
+        evaluation=0.5,
+        reg_term=0.0,
+        input_=x,
+        transformed_input=x,
+        post_processed_input=x,
+        grad=x,
+        preconditioned_grad=x,
+        stopper_output=None,
+    )
+    assert State.from_dict(fields).to_dict()["evaluation"] == 0.5
+    optimizer = import_object(
+        "torch.optim.SGD", {"params": [torch.zeros(1, requires_grad=True)], "lr": 1}
+    )
+    assert isinstance(optimizer, torch.optim.SGD)
+    with pytest.raises(ValueError, match="not an absolute dotted path"):
+        import_object("SGD")
+    with pytest.raises(ValueError, match="has no attribute 'Nope'"):
+        import_object("torch.optim.Nope")
+
+
+def test_mei_accepts_a_tensor_that_does_not_require_grad_and_compute_only_objectives():
+    class Mean(Objective):
+        def compute(self, current_state):
+            return float(current_state.input_.mean())
+
+    x = torch.randn(1, 1, 8, 8)
+    model = ConstrainedOutputModel(LinearNeurons(), 0)
+    mei = MEI(model, x, torch.optim.SGD([x], lr=0.1))
+    tracker = Tracker(mean=Mean())
+    score, result = optimize(mei, NumIterations(3), tracker)
+    assert tracker.log["mean"]["times"] == [0, 1, 2, 3]
+    assert result.shape == x.shape and isinstance(score, float)
+
+
+def test_contrastive_and_ensemble_models():
+    a, b = LinearNeurons(n=2), LinearNeurons(n=2)
+    x = torch.randn(3, 1, 8, 8)
+    contrast = ContrastiveOutputModel(a, b, 1)
+    assert torch.allclose(contrast(x), a(x)[:, 1] - b(x)[:, 1])
+    ensemble = EnsembleModel(a, b)
+    assert ensemble(x, avg=False).shape == (2, 3, 2)
+    assert torch.allclose(ensemble(x), (a(x) + b(x)) / 2)
