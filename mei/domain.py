@@ -40,7 +40,7 @@ class StepRecord:
     Tensor attributes have the batch as first dimension; ``reg_term`` is ``None`` without
     regularization. CPU copies are made once per attribute and step, on first use.
 
-    A step asked to keep only some attributes (``MEI.step(keep=...)``) records ``None`` for
+    A step asked to keep only some attributes (``MEI.record_step(keep=...)``) records ``None`` for
     the others (``dropped`` names them), so that nobody's unread copies cost time or memory;
     reading a dropped attribute raises ``RuntimeError``. ``stopper_outputs`` holds the batched
     stopper's outputs, ``{element: output}``, for the States made after it ran.

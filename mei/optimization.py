@@ -66,7 +66,7 @@ class MEI:
         precondition: Precondition | None = None,
         postprocessing: PostProcessing | None = None,
         *,
-        group: int = 1,
+        group: int | None = None,
         inhibitory: bool | None = None,
         transparency: bool | None = None,
         transparency_weight: float = 1.0,
@@ -83,6 +83,10 @@ class MEI:
         self.regularization = regularization
         self.precondition = precondition
         self.postprocessing = postprocessing
+        # group=None: the whole tensor is one MEI, as in the original library, until
+        # optimize() is given one stopper per row group
+        self._auto_group = group is None
+        group = len(self._input) if group is None else group
         if group < 1 or len(self._input) % group:
             raise ValueError(
                 f"group must divide the {len(self._input)} input rows, got group={group}"
@@ -99,6 +103,16 @@ class MEI:
         self._frozen: tuple[Tensor, Tensor] | None = None
         self._closure_step = _takes_closure(optimizer)
         self._nonfinite = torch.zeros(self.batch_size, dtype=torch.bool, device=self._input.device)
+
+    def regroup(self, elements: int) -> None:
+        """Treat the input as ``elements`` MEIs of equal size (before the first step)."""
+        rows = len(self._input)
+        if self.i_iter or elements < 1 or rows % elements:
+            raise ValueError(
+                f"cannot split {rows} input rows into {elements} MEIs after {self.i_iter} steps"
+            )
+        self.group = rows // elements
+        self._nonfinite = torch.zeros(elements, dtype=torch.bool, device=self._input.device)
 
     @property
     def batch_size(self) -> int:
@@ -163,7 +177,14 @@ class MEI:
             )
         return term
 
-    def step(self, keep: Collection[str] | None = None) -> StepRecord:
+    def step(self) -> State | list[State]:
+        """Perform one step; return its :class:`~mei.domain.State` (a list of States, one
+        per MEI, for a batch of several), as the original library's ``MEI.step`` did."""
+        record = self.record_step()
+        states = [State.from_record(record, b) for b in range(self.batch_size)]
+        return states[0] if len(states) == 1 else states
+
+    def record_step(self, keep: Collection[str] | None = None) -> StepRecord:
         """Perform one step for the whole batch and return its record.
 
         ``keep`` names the record's tensor attributes somebody will read (default: all); the
@@ -424,6 +445,9 @@ def optimize(
     single = not isinstance(stopper, (list, tuple))
     stoppers = [cast(Stopper, stopper)] if single else list(cast(Sequence[Stopper], stopper))
     trackers = [cast(Tracker, tracker)] if single else list(cast(Sequence[Tracker], tracker))
+    if mei._auto_group and mei.i_iter == 0 and len(stoppers) != mei.batch_size:
+        if len(stoppers) and len(mei.current_input) % len(stoppers) == 0:
+            mei.regroup(len(stoppers))
     if len(stoppers) != mei.batch_size or len(trackers) != mei.batch_size:
         raise ValueError(
             f"need one stopper and one tracker per batch element ({mei.batch_size}), got "
@@ -435,7 +459,7 @@ def optimize(
     last: Tensor | None = None  # each element's evaluation at the step it stopped
     while active:
         keep = _union(stopping.reads(mei.i_iter), tracking.reads(mei.i_iter))
-        record = mei.step(keep)
+        record = mei.record_step(keep)
         states: dict[int, State] = {}
 
         def state(b: int, record: StepRecord = record, states: dict[int, State] = states) -> State:

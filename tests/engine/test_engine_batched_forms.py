@@ -203,13 +203,13 @@ def test_a_subclass_or_a_mix_of_classes_has_no_batched_form():
 
 def test_a_step_keeps_only_what_is_asked():
     x = torch.randn(2, 1, 4, 4, requires_grad=True)
-    mei = MEI(lambda t: t.flatten(1).sum(1), x, torch.optim.SGD([x], lr=0.1))
-    record = mei.step(keep=("grad",))
+    mei = MEI(lambda t: t.flatten(1).sum(1), x, torch.optim.SGD([x], lr=0.1), group=1)
+    record = mei.record_step(keep=("grad",))
     assert record.input_ is None and record.post_processed_input is None
     assert record.transformed_input is None and record.preconditioned_grad is None
     assert torch.equal(record.element("grad", 1), -torch.ones(1, 1, 4, 4))
     assert record.element("evaluation", 0) == pytest.approx(float(record.evaluation[0]))
     with pytest.raises(RuntimeError, match="did not keep 'input_'"):
         record.element("input_", 0)
-    full = mei.step()
+    full = mei.record_step()
     assert full.dropped == frozenset() and full.input_ is not None

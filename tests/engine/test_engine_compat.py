@@ -221,3 +221,14 @@ def test_contrastive_and_ensemble_models():
     ensemble = EnsembleModel(a, b)
     assert ensemble(x, avg=False).shape == (2, 3, 2)
     assert torch.allclose(ensemble(x), (a(x) + b(x)) / 2)
+
+
+def test_an_mei_of_any_shape_is_one_mei_as_in_the_original():
+    # the original's MEI optimized whatever tensor it got against a scalar function
+    target = torch.tensor([[-1.0, 1.0], [1.0, -1.0]])
+    x = torch.zeros(2, 2)
+    mei = MEI(lambda current: -(target - current).pow(2).sum(), x, torch.optim.SGD([x], lr=0.1))
+    state = mei.step()
+    assert isinstance(state, State) and state.i_iter == 0 and state.evaluation == -4.0
+    score, result = optimize(mei, NumIterations(100), Tracker())
+    assert torch.allclose(result, target) and score == pytest.approx(0.0)
