@@ -110,6 +110,7 @@ class State:
         evaluation: float
         reg_term: float
         input_: Tensor
+        input: Tensor  # the original's name for input_
         transformed_input: Tensor
         post_processed_input: Tensor
         grad: Tensor
@@ -170,6 +171,8 @@ class State:
     def __getattr__(self, name: str) -> Any:
         if name in _FIELDS:
             return self._get(name)
+        if name == "input":  # the original library's attribute name for input_
+            return self._get("input_")
         raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -188,7 +188,8 @@ def test_the_originals_small_apis():
         preconditioned_grad=x,
         stopper_output=None,
     )
-    assert State.from_dict(fields).to_dict()["evaluation"] == 0.5
+    state = State.from_dict(fields)
+    assert state.to_dict()["evaluation"] == 0.5 and state.input is x  # the original's name
     optimizer = import_object(
         "torch.optim.SGD", {"params": [torch.zeros(1, requires_grad=True)], "lr": 1}
     )
