@@ -41,6 +41,31 @@ from .typing import (
 )
 
 
+def default_transform(mei: Tensor, i_iteration: int) -> Tensor:
+    """The original library's default transform: the input itself."""
+    return mei
+
+
+def default_regularization(mei: Tensor, i_iteration: int) -> Tensor:
+    """The original library's default regularization: zero."""
+    return torch.tensor(0.0)
+
+
+def default_precondition(grad: Tensor, i_iteration: int) -> Tensor:
+    """The original library's default preconditioning: the gradient itself."""
+    return grad
+
+
+def default_postprocessing(mei: Tensor, i_iteration: int) -> Tensor:
+    """The original library's default postprocessing: the input itself."""
+    return mei
+
+
+def default_background(mei: Tensor, i_iteration: int) -> None:
+    """The original library's default background: none."""
+    return None
+
+
 class Progress(Protocol):
     """A progress display such as a tqdm bar: ``update(n)`` is called once per step."""
 
@@ -445,7 +470,7 @@ def optimize(
     single = not isinstance(stopper, (list, tuple))
     stoppers = [cast(Stopper, stopper)] if single else list(cast(Sequence[Stopper], stopper))
     trackers = [cast(Tracker, tracker)] if single else list(cast(Sequence[Tracker], tracker))
-    if mei._auto_group and mei.i_iter == 0 and len(stoppers) != mei.batch_size:
+    if getattr(mei, "_auto_group", False) and mei.i_iter == 0 and len(stoppers) != mei.batch_size:
         if len(stoppers) and len(mei.current_input) % len(stoppers) == 0:
             mei.regroup(len(stoppers))
     if len(stoppers) != mei.batch_size or len(trackers) != mei.batch_size:

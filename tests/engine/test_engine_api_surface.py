@@ -14,7 +14,15 @@ PUBLIC = {
         "get_input_shape",
     ],
     "mei.domain": ["State", "Input"],
-    "mei.optimization": ["MEI", "optimize"],
+    "mei.optimization": [
+        "MEI",
+        "optimize",
+        "default_transform",
+        "default_regularization",
+        "default_precondition",
+        "default_postprocessing",
+        "default_background",
+    ],
     "mei.initial": [
         "InitialGuessCreator",
         "RandomNormal",
