@@ -260,7 +260,9 @@ def test_a_stored_lab_config_with_legacy_paths_runs():
         torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 5 / 16
     ).item()
     mei, score, _ = gradient_ascent(None, model, config, 0, shape=(1, 1, 16, 16))
-    assert score > start
+    # the legacy Jitter has no deterministic final form: as in the original, the score is the
+    # last step's evaluation of a jittered input, so check the MEI itself
+    assert model(mei).item() > start
 
 
 def test_legacy_ops_imports_nothing_beyond_torch_and_numpy():
