@@ -50,8 +50,11 @@ class LegacyOp:
 
     Class attributes for the engine:
 
-    - ``elementwise``: applying the op to a batch equals applying it to each row and
-      stacking, and it draws no random numbers; :meth:`for_elements` returns the op itself.
+    - ``elementwise``: the op draws no random numbers and row ``b`` of its result depends on
+      row ``b`` of the input only: applying it to a batch equals applying it to each row and
+      stacking, up to the rounding of batched kernels (torch may sum, convolve or vectorize a
+      batch in another order than a single row: on CPU measured up to 1 ulp, e.g. float32
+      GaussianBlur, float64 ChangeRange and ChangeStd). :meth:`for_elements` returns the op.
     - ``per_row``: :meth:`for_elements` accepts one generator per row. ``False`` for ops whose
       result couples the rows; those raise :class:`~mei.legacy.exceptions.NotElementwise`.
     """
@@ -798,10 +801,11 @@ class FourierSmoothing(LegacyOp):
     highest frequency; larger ``freq_exp`` smooths more.
 
     Fixed: the original used ``torch.rfft``/``torch.irfft``, removed from torch; here
-    ``torch.fft.rfft2``/``irfft2`` with the same math (the mask is computed in float32 and
-    cast to the input's dtype, as before). Rows are transformed one by one for the engine
-    (``elementwise = False``), so a batched run's row equals its single run bitwise.
+    ``torch.fft.rfft2``/``irfft2`` with the same math (the real and imaginary parts are each
+    multiplied by the mask, computed in float32 and cast to the input's dtype, as before).
     """
+
+    elementwise = True
 
     def __init__(self, freq_exp: float):
         self.freq_exp = freq_exp
@@ -834,10 +838,10 @@ class DivideByMeanOfAbsolute(LegacyOp):
 
     Fixed: the original divided the whole batch by the vector of means, which broadcast
     against the last axis (wrong or an error for more than one image); each image is divided
-    by its own mean here (for one image: bitwise the original). Rows are handled one by one
-    for the engine (``elementwise = False``): a mean over a large row may be summed in
-    another order than the same row inside a batch.
+    by its own mean here (for one image: bitwise the original).
     """
+
+    elementwise = True
 
     def _forward(
         self, x: Tensor, iteration: int | None, generator: torch.Generator | None
