@@ -740,3 +740,29 @@ def test_no_warnings_from_the_ops_themselves():
             if not case.startswith("Similarity"):
                 build(case)(rand(shape_for(case)), 2)
         ops.Resize(2.0)(x)
+
+
+def test_pairs_stored_as_lists_count_as_tuples():
+    """A config read back from a database may hold lists where the original took tuples."""
+    x = rand()
+    assert torch.equal(ops.GaussianBlur([1.0, 2.0])(x), ops.GaussianBlur((1.0, 2.0))(x))
+    torch.manual_seed(0)
+    from_list = ops.Jitter([2, 1])(x)
+    torch.manual_seed(0)
+    assert torch.equal(from_list, ops.Jitter((2, 1))(x))
+    assert repr(ops.GaussianBlur([1.0, 2.0])) == (
+        "GaussianBlur(sigma=[1.0, 2.0], decay_factor=None, truncate=4, pad_mode='reflect', "
+        "mei_only=False)"
+    )
+
+
+@pytest.mark.parametrize("case", ["GaussianBlur", "Jitter", "GaussianBlurforRing"])
+def test_ops_survive_copy_and_pickle(case):
+    import copy
+    import pickle
+
+    op = build(case).for_elements([gen(0)])  # a generator at its seed's start, copied along
+    expected = build(case).for_elements([gen(0)])(rand(), 2)
+    for clone in (copy.deepcopy(op), pickle.loads(pickle.dumps(op))):
+        assert repr(clone) == repr(op)
+        assert torch.equal(clone(rand(), 2), expected)
