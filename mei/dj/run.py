@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import inspect
 import logging
 import math
 import numbers
@@ -70,6 +71,9 @@ def validate_method(method_fn: str, method_config: Any, *, check_config: bool = 
 
     Raises :class:`mei.errors.ConfigError` when the path does not import, is too long for the
     table, the config is not a mapping, or the function's ``validate_config`` rejects it.
+    Whether the config's ``device`` exists on this machine is not checked (a ``validate_config``
+    that takes ``check_device`` is called with ``check_device=False``): method rows are data,
+    added from any machine and run by workers on others.
     Runs pass ``check_config=False``: the method validates its config itself when called, so
     checking it here too would resolve every component twice per key.
     """
@@ -93,8 +97,23 @@ def validate_method(method_fn: str, method_config: Any, *, check_config: bool = 
         raise ConfigError(f"method_fn is not callable: {fn!r}", path=method_fn)
     validate = getattr(fn, "validate_config", None)
     if check_config and validate is not None:
-        validate(method_config)
+        if _takes_keyword(validate, "check_device"):
+            validate(method_config, check_device=False)
+        else:  # a lab's own validate_config
+            validate(method_config)
     return fn
+
+
+def _takes_keyword(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` declares a parameter ``name`` that can be passed by keyword."""
+    try:
+        parameter = inspect.signature(fn).parameters.get(name)
+    except (TypeError, ValueError):  # no signature (a builtin, a C extension)
+        return False
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
 
 
 def run_config(method_config: Mapping[str, Any], key: Mapping[str, Any]) -> dict[str, Any]:
