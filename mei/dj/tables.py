@@ -398,8 +398,13 @@ class MEITemplateMixin(_Table):
         method, model and seed in one engine run and inserts one row per key. With
         ``batch_size`` the accepted keyword arguments are ``reserve_jobs``,
         ``suppress_errors``, ``max_calls``, ``display_progress`` and ``order``.
+
+        Either way, keys whose method asks for a device this machine lacks (and no ``device``
+        override redirects them) are refused before anything is reserved or computed:
+        :class:`mei.errors.DeviceUnavailableError` (:func:`mei.dj.populate.check_devices`).
         """
         if batch_size is None:
+            _populate.check_devices(self, *restrictions)
             with exclusive(self.connection, f"{type(self).__name__}.populate"):
                 return super().populate(*restrictions, **kwargs)  # type: ignore[misc]
         unknown = sorted(
