@@ -7,7 +7,7 @@ and get their few generation-specific type names from the :class:`~mei.dj.backen
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from . import populate as _populate
 from . import run
 from .backend import backend, exclusive
 from .hashing import find_unhashable, hash_list_of_dictionaries, make_hash
+from .helpers import import_module
 from .model_cache import ModelLoader
 from .run import KEYED_COMPONENTS, METHOD_FN_MAX_LENGTH, Key, validate_method
 
@@ -203,14 +204,16 @@ class MEIMethodMixin(_Table):
         """Validate and insert a method; return its key ``{method_fn, method_hash}``.
 
         ``method_hash`` is NNFabrik's ``make_hash(method_config)``, so rows made by the original
-        library match. The config is checked first (the path imports, the function's
-        ``validate_config`` accepts it): a broken config never reaches the table. Adding the
+        library match. The config is checked first (the path imports through
+        :attr:`import_func`, the function's ``validate_config`` accepts it; whether its
+        ``device`` exists on this machine is left to the workers): a broken config never
+        reaches the table. Adding the
         same function with the same config again returns the existing key and changes nothing
         (the comment included); a different config with the same hash raises
         :class:`mei.errors.ConfigError`, and so does a config ``make_hash`` cannot hash (one
         holding a torch tensor: store a nested list or a numpy array instead).
         """
-        validate_method(method_fn, method_config)
+        validate_method(method_fn, method_config, import_func=self.import_func)
         key = {"method_fn": method_fn, "method_hash": _method_hash(method_fn, method_config)}
         existing = self & key
         if existing:
@@ -229,16 +232,57 @@ class MEIMethodMixin(_Table):
         self.insert1(dict(key, method_config=method_config, method_comment=comment))
         return key
 
+    import_func = staticmethod(run.builtin(import_module))
+    """Imports ``method_fn`` from its dotted path; a lab may replace it (as in the original)."""
+    optional_names: tuple[str, ...] = KEYED_COMPONENTS
+    """The config components that :meth:`insert_key_in_ops` gives the MEI's key."""
+
+    @run.builtin
+    def insert_key_in_ops(self, method_config: MutableMapping[str, Any], key: Key) -> None:
+        """Give ``key`` to the components of ``method_config`` that ask for it, in place.
+
+        Every component named in :attr:`optional_names` whose ``kwargs`` hold ``"key"`` gets
+        ``kwargs["key"] = key``. Runs call it on a copy of the stored config, never on the
+        stored one.
+        """
+        run.insert_key(method_config, key, self.optional_names)
+
+    def _run(
+        self, dataloaders: Any, model: Any, key: Key, seed: int, *extra: Any
+    ) -> dict[str, Any]:
+        method_fn, method_config = (self & key).fetch1("method_fn", "method_config")
+        mei, score, output = run.run_method(
+            method_fn,
+            method_config,
+            dataloaders,
+            model,
+            key,
+            seed,
+            *extra,
+            import_func=self.import_func,
+            insert_key_in_ops=self.insert_key_in_ops,
+        )
+        return dict(key, mei=mei, score=score, output=output)
+
     @run.builtin
     def generate_mei(self, dataloaders: Any, model: Any, key: Key, seed: int) -> dict[str, Any]:
         """Run the method of ``key`` on ``model``; return ``dict(key, mei=, score=, output=)``.
 
-        The MEI table calls this for every key it computes alone (:func:`mei.dj.run.compute`).
-        A lab may override it; keys then always run one at a time through the override.
+        Calls ``method_fn(dataloaders, model, config, seed)`` with ``method_fn`` imported by
+        :attr:`import_func` and ``config`` a copy of the stored config that
+        :meth:`insert_key_in_ops` gave the key (and the MEI table's ``device`` override, if
+        set). The MEI table calls this for every key it computes alone
+        (:func:`mei.dj.run.compute`). A lab may override it, or :attr:`import_func` or
+        :meth:`insert_key_in_ops`; keys then always run one at a time through it.
         """
-        method_fn, method_config = (self & key).fetch1("method_fn", "method_config")
-        mei, score, output = run.run_method(method_fn, method_config, dataloaders, model, key, seed)
-        return dict(key, mei=mei, score=score, output=output)
+        return self._run(dataloaders, model, key, seed)
+
+    def generate_ringmei(
+        self, dataloaders: Any, model: Any, key: Key, seed: int, ring_mask: Any
+    ) -> dict[str, Any]:
+        """:meth:`generate_mei` for a ring (or surround) MEI: the method of ``key`` is called
+        as ``method_fn(dataloaders, model, config, seed, ring_mask)``."""
+        return self._run(dataloaders, model, key, seed, ring_mask)
 
 
 def _method_hash(method_fn: str, method_config: Mapping[str, Any]) -> str:
