@@ -59,24 +59,32 @@ else:
 class RequiredLink:
     """A link to another table that the user's subclass must set, e.g. ``dataset_table``.
 
-    Reading it before it is set raises an ``AttributeError`` that says what to assign.
+    Reading it before it is set raises an ``AttributeError`` that says what to assign. With
+    ``alias``, a class attribute of that (older) name stands in for it: ``objective_table``,
+    the name sinzlab/mei used for ``selector_table`` from 2020 to 2024.
     """
 
-    def __init__(self, example: str):
+    def __init__(self, example: str, *, alias: str | None = None):
         self.example = example
+        self.alias = alias
         self.name = "?"
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
     def __get__(self, instance: Any, owner: type) -> Any:
+        if self.alias is not None:  # the link's older name, set by a lab's older code
+            value = getattr(owner, self.alias, None)
+            if value is not None:
+                return value
         raise AttributeError(
             f"{owner.__name__}.{self.name} is not set: assign the table class in your subclass, "
             f"e.g. `{self.name} = {self.example}`, before decorating it with your schema"
         )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(example={self.example!r})"
+        alias = f", alias={self.alias!r}" if self.alias else ""
+        return f"{type(self).__name__}(example={self.example!r}{alias})"
 
 
 def _primary_key(table: Any) -> list[str]:
@@ -395,29 +403,42 @@ class MEITemplateMixin(_Table):
     """
 
     trained_model_table: Any = RequiredLink("TrainedEnsembleModel")
-    selector_table: Any = RequiredLink("Selector")
+    selector_table: Any = RequiredLink("Selector", alias="objective_table")
     storage = "minio"
     cache_size_limit = 10
+    model_loader_class: Any = ModelLoader
+    """Made as ``model_loader_class(trained_model_table, cache_size_limit=...)``."""
     device: str | None = None
     """Overrides the method configs' ``device`` when set (one worker per GPU: ``"cuda:1"``)."""
+
+    def __init__(self, *args: Any, cache_size_limit: int | None = None, **kwargs: Any):
+        """``MEI(cache_size_limit=n)`` keeps at most ``n`` models in this table object's
+        cache (default: the class attribute ``cache_size_limit``, 10; ``0``: no cache)."""
+        super().__init__(*args, **kwargs)
+        if cache_size_limit is not None:
+            if isinstance(cache_size_limit, bool) or int(cache_size_limit) < 0:
+                raise ValueError(f"cache_size_limit must be >= 0, got {cache_size_limit!r}")
+            self.cache_size_limit = int(cache_size_limit)
 
     @property
     def definition(self) -> str:
         return self.definition_template.format(**backend().type_map(self.storage))
 
     @property
-    def model_loader(self) -> ModelLoader:
-        """The model cache of this table object, made on first use."""
+    def model_loader(self) -> Any:
+        """The model cache of this table object, made on first use (a :class:`ModelLoader`
+        of ``trained_model_table``, unless ``model_loader_class`` says otherwise)."""
         loader = self.__dict__.get("_model_loader")
         if loader is None:
-            trained = self.trained_model_table
-
-            def load_model(key: Key) -> Any:
-                return trained().load_model(key=key)
-
-            loader = ModelLoader(load_model, _primary_key(trained), self.cache_size_limit)
+            loader = self.model_loader_class(
+                self.trained_model_table, cache_size_limit=self.cache_size_limit
+            )
             self.__dict__["_model_loader"] = loader
         return loader
+
+    @model_loader.setter
+    def model_loader(self, loader: Any) -> None:
+        self.__dict__["_model_loader"] = loader
 
     @run.builtin
     def make_fetch(self, key: Key) -> tuple[str, Any, int]:
