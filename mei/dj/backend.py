@@ -480,8 +480,8 @@ class Backend:
     supports_postgresql: bool
     """Whether this DataJoint can use PostgreSQL (mei's embedded database)."""
     types: Mapping[str, str]
-    """The type names that differ: ``int``, ``float``, ``blob``, ``timestamp``, ``file``
-    (with a ``{store}`` field)."""
+    """The type names that differ: ``int``, ``uint16`` (0..65535), ``float``, ``blob``,
+    ``timestamp``, ``file`` (with a ``{store}`` field)."""
     internals: tuple[tuple[str, str], ...]
     """The private DataJoint names this backend uses: ``(where, attribute)``."""
 
@@ -706,6 +706,7 @@ class DataJoint2(Backend):
     supports_postgresql = True
     types = {
         "int": "int32",
+        "uint16": "int32",  # no unsigned types on PostgreSQL: int32 holds 0..65535
         "float": "float32",
         "blob": "<blob>",
         "timestamp": "datetime",
@@ -827,6 +828,7 @@ class DataJoint014(Backend):
     supports_postgresql = False
     types = {
         "int": "int",
+        "uint16": "smallint unsigned",
         "float": "float",
         "blob": "longblob",
         "timestamp": "timestamp",

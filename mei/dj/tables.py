@@ -15,16 +15,17 @@ from torch import Tensor
 
 from ..config import check_seed
 from ..errors import ConfigError, shorten
-from ..modules import EnsembleModel
+from ..modules import ConstrainedOutputModel, EnsembleModel
 from . import populate as _populate
 from . import run
 from .backend import backend, exclusive
 from .hashing import find_unhashable, hash_list_of_dictionaries, make_hash
-from .helpers import import_module
+from .helpers import get_mappings, import_module
 from .model_cache import ModelLoader
 from .run import KEYED_COMPONENTS, METHOD_FN_MAX_LENGTH, Key, validate_method
 
 __all__ = [
+    "CSRFV1ObjectiveTemplateMixin",
     "KEYED_COMPONENTS",
     "METHOD_FN_MAX_LENGTH",
     "MEIMethodMixin",
@@ -187,6 +188,52 @@ class TrainedEnsembleModelTemplateMixin(_Table):
             return self.ensemble_model_class(*loaded)
         dataloaders = loaded[0][0]
         return dataloaders, self.ensemble_model_class(*(model for _, model in loaded))
+
+
+class CSRFV1ObjectiveTemplateMixin(_Table):
+    """Maps the neurons of ``csrf_v1`` datasets to model outputs (a selector table).
+
+    Filled by ``populate()`` from the dataset's pickled datafiles
+    (:func:`mei.dj.helpers.get_mappings`): one row per neuron with its position in the output
+    of its session's readout. Links: ``dataset_table`` (an NNFabrik-style ``Dataset`` with
+    ``dataset_fn`` and ``dataset_config``); only datasets whose ``dataset_fn`` equals
+    :attr:`dataset_fn` are read.
+    """
+
+    definition_template = """
+    # neuron ids of csrf_v1 datasets and their positions in the model's output
+    -> self.dataset_table
+    neuron_id       : {uint16}  # neuron identifier
+    ---
+    neuron_position : {uint16}  # index of the neuron in its session's model output
+    session_id      : varchar(13)  # session (the model's data_key)
+    """
+
+    dataset_table: Any = RequiredLink("Dataset")
+    dataset_fn = "csrf_v1"
+    constrained_output_model: Any = ConstrainedOutputModel
+
+    @property
+    def definition(self) -> str:
+        return self.definition_template.format(**backend().types)
+
+    @property
+    def key_source(self) -> Any:
+        """The datasets made by :attr:`dataset_fn`."""
+        return self.dataset_table() & {"dataset_fn": self.dataset_fn}
+
+    def make(self, key: Key, get_mappings: Any = get_mappings) -> None:
+        """Insert one row per neuron of the dataset ``key`` (read by ``get_mappings``)."""
+        dataset_config = (self.dataset_table() & key).fetch1("dataset_config")
+        self.insert(get_mappings(dataset_config, key))
+
+    def get_output_selected_model(self, model: Any, key: Key) -> Any:
+        """``model``'s output for the neuron of ``key``: its position in the output for its
+        session, the session passed to the model as ``data_key``."""
+        position, session_id = (self & key).fetch1("neuron_position", "session_id")
+        return self.constrained_output_model(
+            model, int(position), forward_kwargs={"data_key": session_id}
+        )
 
 
 class MEIMethodMixin(_Table):
