@@ -80,7 +80,7 @@ def validate_method(
     Whether the config's ``device`` exists on this machine is not checked (a ``validate_config``
     that takes ``check_device`` is called with ``check_device=False``): method rows are data,
     added from any machine and run by workers on others; a worker checks its devices before it
-    reserves a key (:func:`check_devices`).
+    reserves a key (:func:`mei.dj.populate.check_devices`).
     Runs pass ``check_config=False``: the method validates its config itself when called, so
     checking it here too would resolve every component twice per key. ``import_func`` imports
     the dotted path (default :func:`mei.import_helpers.import_object`; a method table's
@@ -166,7 +166,9 @@ def run_config(
 def check_result(method_fn: str, result: Any, key: Mapping[str, Any]) -> Result:
     """``result`` of ``method_fn`` for ``key`` as ``(mei, score, output)``, checked.
 
-    ``mei`` becomes a detached CPU tensor and ``score`` a float; raises
+    ``mei`` becomes a detached CPU tensor, whatever its shape: a method that makes several
+    MEIs per key (the original's ``n_meis``) returns them as one ``(n_meis, C, H, W)`` tensor
+    with one score, and all are stored. ``score`` becomes a float; raises
     :class:`mei.errors.ComponentError` for a malformed result and
     :class:`mei.errors.NonFiniteError` for a score that is not finite, naming ``key``.
     """
@@ -282,6 +284,8 @@ def _compute_batched(table: Any, keys: Sequence[Key], fetched: Fetched) -> list[
     names = getattr(table.method_table, "optional_names", KEYED_COMPONENTS)
     if overrides_generate_mei(table.method_table) or _keyed(method_config, names):
         return None
+    if method_config.get("n_meis", 1) != 1:
+        return None  # several MEIs per key (the original's n_meis): one run per key
     batched = getattr(
         validate_method(method_fn, method_config, check_config=False), "batched", None
     )
