@@ -434,7 +434,10 @@ class MEITemplateMixin(_Table):
     Links: ``trained_model_table`` (has ``load_model(key)``), ``selector_table`` (has
     ``get_output_selected_model(model, key)``), ``method_table`` and ``seed_table``.
     ``mei`` and ``output`` are files written with ``torch.save`` into the store named by
-    ``storage``. Models are cached across keys, at most ``cache_size_limit`` of them.
+    ``storage`` (``attach@store`` on DataJoint 0.14, ``<mei_file@store>`` on 2.x: either way
+    ``fetch1("mei")`` gives a local path for ``torch.load``; :meth:`load_mei` gives the
+    tensor). Models are cached across keys, at most ``cache_size_limit`` of them (a class
+    attribute, or ``MEI(cache_size_limit=n)``); ``device`` redirects every method to a device.
     """
 
     definition_template = """

@@ -113,7 +113,7 @@ def test_links_must_be_set(schema):
 @pytest.mark.generation(2)
 def test_type_map_and_definitions():
     assert backend().generation == 2
-    assert backend().type_map("minio")["file"] == "<object@minio>"
+    assert backend().type_map("minio")["file"] == "<mei_file@minio>"
     assert backend().type_map("local")["blob"] == "<blob>"
     with pytest.raises(ValueError, match="store must be a store name"):
         backend().type_map("my store")
