@@ -12,7 +12,7 @@ from models import LinearNeurons, base_config
 
 from mei.config import resolve_config
 from mei.domain import Input, State
-from mei.errors import ConfigError, ModelError
+from mei.errors import ComponentError, ConfigError, ModelError
 from mei.import_helpers import import_object
 from mei.methods import get_input_dimensions, gradient_ascent, gradient_ascent_units
 from mei.modules import ConstrainedOutputModel, ContrastiveOutputModel, EnsembleModel
@@ -89,6 +89,27 @@ def test_n_meis_gives_several_images_with_one_score():
     mei, score, _ = gradient_ascent(None, model, base_config(n_meis=3), 0, shape=SHAPE)
     assert mei.shape == (3, 1, 8, 8) and isinstance(score, float)
     assert not torch.equal(mei[0], mei[1])  # three starts
+
+
+def _transparent(background_shape):
+    return base_config(
+        transparency=True,
+        transparency_weight=0.5,
+        background={
+            "path": "mei.legacy.ops.WhiteNoiseBackground",
+            "kwargs": {"mean": 0.0, "std": 1.0, "shape": background_shape},
+        },
+    )
+
+
+def test_a_background_of_another_size_is_named():
+    """A lab with sessions of several image sizes gives one a background of another's size:
+    the error names the background and both shapes (torch's broadcasting error named none)."""
+    model = ConstrainedOutputModel(LinearNeurons(n=2), 0)
+    mei, _, _ = gradient_ascent(None, model, _transparent([8, 8]), 0, shape=SHAPE)
+    assert mei.shape == (1, 2, 8, 8)  # the image and its transparency
+    with pytest.raises(ComponentError, match=r"background \(WhiteNoiseBackground\).*\(6, 10\)"):
+        gradient_ascent(None, model, _transparent([6, 10]), 0, shape=SHAPE)
 
 
 def test_inhibitory_minimizes():
