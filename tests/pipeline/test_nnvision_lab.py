@@ -356,6 +356,27 @@ def test_transparent_meis_have_an_alpha_channel(populated, tmp_path):
     assert _fetch_mei(lab.MEITextures(), opaque, tmp_path).shape[1] == 1
 
 
+def test_a_background_of_the_other_session_fails_its_keys_with_a_reason(populated, store):
+    """Populated without restriction, each transparent row also meets the other session's
+    objective, whose images have another size: those keys fail, the error names the
+    background and the sizes, nothing is stored, and the other keys are untouched."""
+    lab = populated
+    table = lab.MEITextures()
+    table.device = "cpu"
+    before = len(table)
+    files = sorted(p.name for p in store.rglob("*") if p.is_file())
+    try:
+        table.populate(reserve_jobs=True, suppress_errors=True)
+        errors = (_jobs(lab, lab.MEITextures) & 'status="error"').fetch("error_message")
+        assert len(errors) == len(lab.transparent_keys)
+        for message in errors:
+            assert "background (WhiteNoiseBackground)" in message, message
+        assert len(table) == before
+        assert sorted(p.name for p in store.rglob("*") if p.is_file()) == files
+    finally:
+        _jobs(lab, lab.MEITextures).delete_quick()
+
+
 def test_a_cuda_row_is_refused_without_the_override_and_nothing_is_reserved(lab):
     device = missing_device()  # "cuda" on a machine without a GPU
     methods = lab.Method()
