@@ -178,15 +178,14 @@ class MEI:
         (last) channel, followed by the channels between."""
         image, alpha = x[:, [0], ...], x[:, -1, ...]
         weighted = background.to(x.device)[[0], ...] * self.transparency_weight
-        try:
-            torch.broadcast_shapes(weighted[[0]].shape, alpha.shape)
-        except RuntimeError:  # torch's own message names no component
+        sizes = zip(reversed(weighted[[0]].shape), reversed(alpha.shape), strict=False)
+        if not all(a == b or 1 in (a, b) for a, b in sizes):  # torch's error names nothing
             raise ComponentError(
                 f"the background ({type(self.background).__name__}) gave a tensor of shape "
                 f"{tuple(background.shape)}, which does not fit MEIs of height x width "
                 f"{tuple(alpha.shape[-2:])}: give config['background'] the model input's size "
                 "(e.g. WhiteNoiseBackground's shape=[height, width] of this data_key's images)"
-            ) from None
+            )
         blended = weighted[[0]] * (1.0 - alpha) + image * alpha
         return torch.cat((blended, x[:, 1:-1, ...]), dim=1)
 
