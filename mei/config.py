@@ -266,8 +266,14 @@ def _accepts(obj: Any, names: list[str]) -> list[str]:
     return [n for n in names if n not in accepted]
 
 
+#: Paths whose kwargs may be infinite: the original library's operations took ``inf`` (e.g. an
+#: open clip range) and lab databases hold such rows.
+INFINITE_OK = ("mei.legacy.",)
+
+
 def _check_numbers(key: str, path: str, value: Any, where: str) -> None:
-    """Every number in ``value`` (nested in dicts, lists, tuples) is an int or a finite float."""
+    """Every number in ``value`` (nested in dicts, lists, tuples) is an int or a finite float
+    (``inf`` is allowed for the paths in :data:`INFINITE_OK`; ``nan`` never)."""
     if isinstance(value, Mapping):
         for k, v in value.items():
             _check_numbers(key, path, v, f"{where}[{k!r}]")
@@ -279,7 +285,10 @@ def _check_numbers(key: str, path: str, value: Any, where: str) -> None:
     elif isinstance(value, float) or (
         isinstance(value, numbers.Real) and type(value).__module__ == "numpy"
     ):
-        if not math.isfinite(float(value)):
+        number = float(value)
+        if math.isinf(number) and path.startswith(INFINITE_OK):
+            return
+        if not math.isfinite(number):
             raise ConfigError(
                 f"argument {where!r} must be a finite number, got {value!r}", key=key, path=path
             )
