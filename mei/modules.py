@@ -1,5 +1,5 @@
-"""Model wrappers: select one output unit, average an ensemble, select one unit per element;
-check a model's first response."""
+"""Model wrappers: select one output unit, average an ensemble, select one unit per element,
+reduce a video model's responses over a time window; check a model's first response."""
 
 from __future__ import annotations
 
@@ -112,6 +112,62 @@ class EnsembleModel(nn.Module):
                 )
         stacked = torch.stack(outputs, dim=0)
         return stacked if avg is False else stacked.mean(dim=0)
+
+
+class TimeWindowResponse(nn.Module):
+    """A video model's responses reduced over a window of output frames: ``(B, ...) ->
+    (B, N)``.
+
+    ``model`` maps movies ``(B, C, T, H, W)`` to responses over time, ``(B, T', N)`` with
+    ``time_dim=1`` (open-retina's layout) or ``(B, N, T')`` with ``time_dim=2``. The window is
+    the output frames ``[start:stop]`` (Python slice semantics: ``start=-k`` is the last ``k``
+    frames); ``reduce="mean"`` averages them (open-retina's slice-mean response reducer),
+    ``"sum"`` adds them (the frame-sum objective of sinzlab/mei forks' ``frames_maximize``).
+    Wrap the model before selecting units (``ConstrainedOutputModel(TimeWindowResponse(m,
+    start=-10), unit)``); keyword arguments are passed to ``model``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        start: int | None = None,
+        stop: int | None = None,
+        reduce: str = "mean",
+        time_dim: int = 1,
+    ):
+        super().__init__()
+        if reduce not in ("mean", "sum"):
+            raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+        if time_dim not in (1, 2):
+            raise ValueError(f"time_dim must be 1 (B, T, N) or 2 (B, N, T), got {time_dim!r}")
+        self.model = model
+        self.start = start
+        self.stop = stop
+        self.reduce = reduce
+        self.time_dim = time_dim
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        output = self.model(x, *args, **kwargs)
+        if not isinstance(output, Tensor) or output.dim() != 3:
+            got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            layout = "(B, T, N)" if self.time_dim == 1 else "(B, N, T)"
+            raise ModelError(f"TimeWindowResponse needs responses {layout}, the model gave {got}")
+        index = [slice(None)] * 3
+        index[self.time_dim] = slice(self.start, self.stop)
+        window = output[tuple(index)]
+        if window.shape[self.time_dim] == 0:
+            raise ModelError(
+                f"the window [{self.start}:{self.stop}] holds none of the model's "
+                f"{output.shape[self.time_dim]} output frames"
+            )
+        reduced: Tensor = getattr(window, self.reduce)(dim=self.time_dim)
+        return reduced
+
+    def extra_repr(self) -> str:
+        return (
+            f"start={self.start!r}, stop={self.stop!r}, reduce={self.reduce!r}, "
+            f"time_dim={self.time_dim!r}"
+        )
 
 
 class UnitPerElement(nn.Module):

@@ -66,3 +66,30 @@ def base_config(**overrides):
     }
     config.update(overrides)
     return config
+
+
+def biphasic(frames=8):
+    """A retina-like temporal kernel: a positive lobe late, a smaller negative one earlier."""
+    t = torch.arange(frames, dtype=torch.float32)
+    late = torch.exp(-((t - (frames - 2)) ** 2) / 2.0)
+    early = 0.6 * torch.exp(-((t - (frames - 5)) ** 2) / 2.0)
+    return late - early
+
+
+class SeparableVideoNeurons(nn.Module):
+    """Neurons whose filters are separable in space and time, ``f_n(t) * g_n(y, x)``, slid
+    over the time axis of movies ``(B, 1, T, H, W)``: responses ``(B, T - frames + 1, N)``
+    (open-retina's layout), rectified by a softplus unless ``linear``."""
+
+    def __init__(self, frames=8, size=15, thetas=(0.6,), linear=False):
+        super().__init__()
+        spatial = torch.stack([gabor(size, sigma=2.5, theta=t, wavelength=6.0) for t in thetas])
+        temporal = biphasic(frames)
+        kernels = temporal[None, :, None, None] * spatial[:, None]  # (N, T, H, W)
+        self.register_buffer("kernels", kernels[:, None])  # (N, 1, T, H, W)
+        self.linear = linear
+
+    def forward(self, x):
+        out = nn.functional.conv3d(x, self.kernels)  # (B, N, T', 1, 1)
+        out = out.flatten(2).transpose(1, 2)  # (B, T', N)
+        return out if self.linear else nn.functional.softplus(out)
