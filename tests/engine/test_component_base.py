@@ -90,6 +90,12 @@ PRECONDITIONERS = [
     Case("mei.preconditioning.DivideByMeanOfAbsolute"),
 ]
 POSTPROCESSORS = [
+    Case("mei.postprocessing.ChannelNormClip", {"norm": 2.0, "x_min": [-0.4], "x_max": [0.5]}),
+    Case(
+        "mei.postprocessing.ChannelNormClip",
+        {"norm": [3.0], "x_min": -0.5, "x_max": 0.6, "exact": True},
+        name="ChannelNormClip-exact",
+    ),
     Case("mei.postprocessing.ChangeNorm", {"norm": 2.0}),
     Case("mei.postprocessing.ClipRange", {"x_min": -0.5, "x_max": 0.5}),
     Case("mei.postprocessing.ChangeStd", {"std": 0.5}),
