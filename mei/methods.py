@@ -374,7 +374,14 @@ def run_batch(
             # components drawing from it directly see the original's numbers too
             torch.set_rng_state(generators[0].get_state())
             generators = [torch.default_generator]
-        x = start.to(device).requires_grad_(True)
+        image = start.to(device)
+        parameterization = _build_for(method.parameterization, generators)
+        if parameterization is not None and method.parameterization is not None:
+            _check_shapes(
+                {"parameterization": (parameterization, method.parameterization)}, image.shape
+            )
+            image = parameterization.from_image(image)
+        x = image.detach().requires_grad_(True)
         optimizer = method.optimizer.build(params=[x])
         stoppers = [method.stopper.build() for _ in seeds]
         trackers = [Tracker(**{s.path: s.build() for s in method.objectives}) for _ in seeds]
@@ -388,7 +395,7 @@ def run_batch(
             )
             if spec is not None
         }
-        _check_shapes(parts, tuple(x.shape))
+        _check_shapes(parts, tuple(start.shape))
         mei = MEI(
             FirstCallCheck(model),
             x,
@@ -402,6 +409,7 @@ def run_batch(
             transparency=method.transparency,
             transparency_weight=method.transparency_weight,
             background=_build_for(method.background, generators),
+            parameterization=parameterization,
         )
         scores, inputs = optimize(mei, stoppers, trackers, progress=bar, score=method.score)
     inputs = inputs.cpu()
