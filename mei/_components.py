@@ -81,6 +81,13 @@ def check_shape(component: Any, shape: Sequence[int]) -> None:
         check(tuple(shape))
 
 
+def use_group(component: Any, group: int) -> None:
+    """Tell ``component`` that each batch element is ``group`` input rows (``n_meis``)."""
+    tell = getattr(component, "use_group", None)
+    if callable(tell):
+        tell(group)
+
+
 def require_movie(name: str, shape: Sequence[int]) -> None:
     """Raise ``ValueError`` unless ``shape`` is a movie batch ``(B, C, T, H, W)``."""
     if len(shape) != 5:

@@ -24,7 +24,7 @@ from typing import Any, Protocol, cast, overload
 import torch
 from torch import Tensor
 
-from ._components import batched_form
+from ._components import batched_form, use_group
 from .domain import RECORD_FIELDS, Input, State, StepRecord
 from .errors import ComponentError, ModelError, NonFiniteError
 from .tracking import BatchTracking, Tracker
@@ -129,6 +129,7 @@ class MEI:
                 f"group must divide the {len(self._input)} input rows, got group={group}"
             )
         self.group = group
+        use_group(regularization, group)
         self.inhibitory = bool(inhibitory)
         self.transparency = bool(transparency)
         self.transparency_weight = transparency_weight
@@ -151,6 +152,7 @@ class MEI:
                 f"cannot split {rows} input rows into {elements} MEIs after {self.i_iter} steps"
             )
         self.group = rows // elements
+        use_group(self.regularization, self.group)
         self._nonfinite = torch.zeros(elements, dtype=torch.bool, device=self._input.device)
 
     @property

@@ -13,7 +13,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from ._components import Component, build, check_shape, per_element, require_movie
+from ._components import Component, build, check_shape, per_element, require_movie, use_group
 from .typing import Regularization
 
 
@@ -132,7 +132,46 @@ class WeightedSum(Component):
         for regularization in self.regularizations:
             check_shape(regularization, shape)
 
+    def use_group(self, group: int) -> None:
+        for regularization in self.regularizations:
+            use_group(regularization, group)
+
     def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
         step = cast(int, i_iteration)  # None (a call by hand) is passed on as it is
         terms = (w * r(x, step) for w, r in zip(self.weights, self.regularizations, strict=True))
         return cast(Tensor, sum(terms))  # never the start value 0: there is at least one term
+
+
+def diversity(x: Tensor, group: int) -> Tensor:
+    """The mean squared cosine similarity between the images of each group of ``group``
+    consecutive rows of ``x``, one value per group, ``(len(x) // group,)``: 0 when the
+    images are orthogonal, 1 when they are all the same pattern (or its negative)."""
+    if group < 2:
+        return x.new_zeros(len(x) // max(group, 1))
+    if len(x) % group:
+        raise ValueError(f"{len(x)} input rows do not split into groups of {group}")
+    rows = torch.nn.functional.normalize(x.reshape(len(x) // group, group, -1), dim=-1, eps=1e-12)
+    cosines = rows @ rows.transpose(1, 2)  # (B, group, group)
+    off_diagonal = ~torch.eye(group, dtype=torch.bool, device=x.device)
+    return (cosines[:, off_diagonal] ** 2).mean(-1)
+
+
+class Diversity(Component):
+    """``weight`` times the similarity of the several MEIs of one element (``n_meis``; see
+    :func:`diversity`): pushes them apart, so a neuron with several preferred stimuli shows
+    them all (lucent's diversity objective, on the transformed inputs). The engine tells the
+    component the group size; called by hand it treats the whole batch as one group, or
+    ``group`` rows per element when given."""
+
+    def __init__(self, weight: float = 1.0, group: int | None = None):
+        if group is not None and group < 1:
+            raise ValueError(f"group must be a positive int, got {group!r}")
+        self.weight = weight
+        self.group = group
+
+    def use_group(self, group: int) -> None:
+        self.group = group
+
+    def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
+        group = self.group if self.group is not None else len(x)
+        return self.weight * diversity(x, group)

@@ -93,3 +93,20 @@ class SeparableVideoNeurons(nn.Module):
         out = nn.functional.conv3d(x, self.kernels)  # (B, N, T', 1, 1)
         out = out.flatten(2).transpose(1, 2)  # (B, T', N)
         return out if self.linear else nn.functional.softplus(out)
+
+
+class TwoStimulusNeuron(nn.Module):
+    """A neuron with two preferred stimuli: a soft maximum of its responses to two orthogonal
+    Gabors, ``log(exp(k a.x) + exp(k bias b.x)) / k`` (``bias`` > 1 prefers ``b``)."""
+
+    def __init__(self, size=15, k=0.5, bias=1.3):
+        super().__init__()
+        a = gabor(size, sigma=2.5, theta=0.0, wavelength=6.0)
+        b = gabor(size, sigma=2.5, theta=torch.pi / 2, wavelength=6.0)
+        self.register_buffer("stimuli", torch.stack([a / a.norm(), b / b.norm()])[:, None])
+        self.k, self.bias = k, bias
+
+    def forward(self, x):
+        drive = x.flatten(1) @ self.stimuli.flatten(1).T  # (B, 2)
+        drive = drive * torch.tensor([1.0, self.bias], device=x.device)
+        return torch.logsumexp(self.k * drive, dim=1, keepdim=True) / self.k

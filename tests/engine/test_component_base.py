@@ -54,6 +54,7 @@ REGULARIZATIONS = [
         name="TotalVariation-time",
     ),
     Case("mei.regularization.LpNorm", {"weight": 0.5, "p": 6}),
+    Case("mei.regularization.Diversity", {"weight": 2.0, "group": 1}),
     Case("mei.regularization.L2ToReference", {"reference": [0.5, -1.0, 0.0, 2.0, 1.0, -0.5]}),
     Case(
         "mei.regularization.WeightedSum",
