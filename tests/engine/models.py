@@ -110,3 +110,29 @@ class TwoStimulusNeuron(nn.Module):
         drive = x.flatten(1) @ self.stimuli.flatten(1).T  # (B, 2)
         drive = drive * torch.tensor([1.0, self.bias], device=x.device)
         return torch.logsumexp(self.k * drive, dim=1, keepdim=True) / self.k
+
+
+class TwoCellTypes(nn.Module):
+    """``n`` rectified linear neurons of two cell types: type ``t`` has the Gabor filter
+    ``filters[t]``, each neuron its own gain and a little noise of its own in its weights.
+    Neurons ``0 .. n/2 - 1`` are type 0, the rest type 1."""
+
+    def __init__(self, n=12, size=15, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        filters = torch.stack(
+            [
+                gabor(size, sigma=2.5, theta=0.3, wavelength=6.0),
+                gabor(size, sigma=2.5, theta=1.9, wavelength=6.0, phase=1.0),
+            ]
+        )
+        filters = filters / filters.flatten(1).norm(dim=1)[:, None, None]
+        self.register_buffer("filters", filters[:, None])  # (2, 1, H, W)
+        self.types = [0] * (n // 2) + [1] * (n - n // 2)
+        gains = 0.5 + torch.rand(n, generator=g)
+        noise = 0.2 * torch.randn(n, size * size, generator=g) / size
+        weights = filters.flatten(1)[self.types] * gains[:, None] + noise
+        self.register_buffer("weights", weights)
+
+    def forward(self, x):
+        return nn.functional.softplus(x.flatten(1) @ self.weights.T)
