@@ -75,3 +75,26 @@ class InputError(MEIError, ValueError):
 
 class NonFiniteError(MEIError, FloatingPointError):
     """The evaluation became NaN or infinite during optimization."""
+
+
+class DeviceUnavailableError(MEIError, RuntimeError):
+    """A populate or worker would run methods on a device this machine does not have.
+
+    Raised before any key is reserved or computed. ``device`` is the device asked for;
+    ``methods`` the keys (``method_fn``, ``method_hash``) of the method rows that ask for it,
+    empty when it is the MEI table's ``device`` override; ``override`` the name of that
+    attribute (``"MEI.device"``), which redirects every method to another device.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        device: str,
+        methods: Iterable[dict[str, Any]] = (),
+        override: str | None = None,
+    ):
+        super().__init__(message)
+        self.device = device
+        self.methods = [dict(m) for m in methods]
+        self.override = override

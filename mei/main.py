@@ -5,6 +5,8 @@ kept them, and stays their public address. Importing it connects to nothing.
 """
 
 from .dj.templates import (
+    CSRFV1ObjectiveTemplate,
+    CSRFV1SelectorTemplate,
     MEIMethod,
     MEISeed,
     MEITemplate,
@@ -14,6 +16,8 @@ from .dj.templates import (
 )
 
 __all__ = [
+    "CSRFV1ObjectiveTemplate",
+    "CSRFV1SelectorTemplate",
     "MEIMethod",
     "MEISeed",
     "MEITemplate",

@@ -11,6 +11,7 @@ from .dj.run import (
     validate_method,
 )
 from .dj.tables import (
+    CSRFV1ObjectiveTemplateMixin,
     MEIMethodMixin,
     MEISeedMixin,
     MEITemplateMixin,
@@ -18,7 +19,12 @@ from .dj.tables import (
     TrainedEnsembleModelTemplateMixin,
 )
 
+CSRFV1SelectorTemplateMixin = CSRFV1ObjectiveTemplateMixin
+"""The mixin's name in sinzlab/mei before June 2020."""
+
 __all__ = [
+    "CSRFV1ObjectiveTemplateMixin",
+    "CSRFV1SelectorTemplateMixin",
     "KEYED_COMPONENTS",
     "METHOD_FN_MAX_LENGTH",
     "MEIMethodMixin",

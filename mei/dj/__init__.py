@@ -4,8 +4,11 @@ Modules, from the bottom up (each imports only those above it in this list):
 
 - :mod:`~mei.dj.hashing`: NNFabrik's ``make_hash`` (no DataJoint needed);
 - :mod:`~mei.dj.model_cache`: models for keys, cached (no DataJoint needed);
+- :mod:`~mei.dj.helpers`: the original library's small helpers (``import_module``, the
+  ``csrf_v1`` datafile readers; no DataJoint needed);
 - :mod:`~mei.dj.backend`: everything that differs between DataJoint 2.x and 0.14 (type
-  names, fetching keys, stored files, job queues, connection ids) and every use of a private
+  names, fetching keys, stored files and 2.x's file codec, job queues, connection ids) and
+  every use of a private
   DataJoint name, behind one :class:`~mei.dj.backend.Backend` chosen once;
 - :mod:`~mei.dj.run`: the one run path of a key (validate, key, device, ``generate_mei``,
   check), single or batched;

@@ -6,9 +6,14 @@ fetch API, stored files, job tables and dropping. :func:`backend` returns the on
 :class:`Backend` for the installed DataJoint; the rest of mei calls its methods and never
 asks which generation it runs on.
 
+On DataJoint 2.x it also defines mei's file codec, ``<mei_file@store>``
+(:class:`TorchFileCodec`), whose fetch gives a local path as 0.14's ``attach@store`` did.
+
 This is also the only module that touches private DataJoint names (``_jobs``, ``_get_pk``,
 ``_allow_insert``, ``_jobs_to_do``, ``Job._heading``, ``connection._config``,
-``_remove_external_file``, ``_make_uuid_path``): each is used in exactly one method here, and
+``_remove_external_file``, ``_make_uuid_path``, and the helpers ``SchemaCodec`` gives its
+subclasses: ``_extract_context``, ``_codec_config``, ``_build_path``, ``_get_backend``): each is
+used in exactly one place here, and
 :meth:`Backend.missing_internals` lists the ones the installed DataJoint no longer has, so a
 DataJoint release that changes them fails mei's tests loudly instead of its users' runs.
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime
 import functools
 import hashlib
 import io
@@ -410,6 +416,111 @@ def _note(*entry: Any) -> None:
         written.append(entry)
 
 
+# --------------------------------------------------------------------------- 2.x file codec
+FILE_CODEC = "mei_file"
+"""Name of mei's DataJoint 2.x codec for files written with ``torch.save``."""
+
+_raw_files: contextvars.ContextVar[bool] = contextvars.ContextVar("mei_raw_files", default=False)
+"""Inside :meth:`DataJoint2.load_file`: the codec returns the file's bytes, downloads nothing."""
+
+
+def _download(content: bytes, name: str, folder: Path) -> Path:
+    """Write ``content`` as ``folder/name``; reuse an identical file there, never overwrite a
+    different one (then ``name`` gets a counter: ``mei_x_1.pth.tar``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem, dot, suffixes = name.partition(".")
+    candidate, counter = folder / name, 0
+    while candidate.exists():
+        if candidate.is_file() and candidate.read_bytes() == content:
+            return candidate
+        counter += 1
+        candidate = folder / f"{stem}_{counter}{dot}{suffixes}"
+    candidate.write_bytes(content)
+    return candidate
+
+
+if hasattr(dj, "SchemaCodec"):  # DataJoint 2.x
+
+    class TorchFileCodec(dj.SchemaCodec):
+        """``<mei_file@store>``: one file in ``store``; fetching gives a local path.
+
+        What DataJoint 0.14's ``attach@store`` gave the original library's users, on every
+        DataJoint 2.x backend: ``torch.load((MEI & key).fetch1("mei"))`` works as before.
+
+        - **Insert** a Python object (written with ``torch.save``), the ``bytes`` of such a
+          file, or the path (``str`` or ``Path``) of a file to copy. The file goes to the
+          store at a schema-addressed path (``{schema}/{table}/{key}/{field}_{token}.pth.tar``,
+          as ``<object@>`` does); the column holds its JSON metadata.
+        - **Fetch** downloads the file into DataJoint's ``download_path`` (default: the
+          working directory; ``with dj.config.override(download_path=d)`` to choose) and
+          returns its path as a ``str``; an identical file already there is reused.
+
+        It is a ``SchemaCodec``, so DataJoint's garbage collection sees its files as
+        referenced. Registered when :mod:`mei.dj.backend` is imported (any ``import
+        mei.main``) and through the ``datajoint.codecs`` entry point, so DataJoint finds it
+        without importing mei first.
+        """
+
+        name = FILE_CODEC
+
+        def validate(self, value: Any) -> None:
+            if isinstance(value, (str, Path)) and not Path(value).is_file():
+                raise FileNotFoundError(f"<{FILE_CODEC}>: no file at {value!r}")
+
+        def encode(
+            self,
+            value: Any,
+            *,
+            key: dict[str, Any] | None = None,
+            context: dict[str, Any] | None = None,
+            store_name: str | None = None,
+        ) -> dict[str, Any]:
+            ext = ".pth.tar"
+            if isinstance(value, (bytes, bytearray)):
+                content = bytes(value)
+            elif isinstance(value, (str, Path)):
+                path = Path(value)
+                content = path.read_bytes()
+                ext = "".join(path.suffixes) or ext
+            else:
+                buffer = io.BytesIO()
+                torch.save(value, buffer)
+                content = buffer.getvalue()
+            schema, table, field, primary_key = self._extract_context(key, context or {})
+            config = self._codec_config(key, context)
+            path, _ = self._build_path(
+                schema, table, field, primary_key, ext=ext, store_name=store_name, config=config
+            )
+            self._get_backend(store_name, config=config).put_buffer(content, path)
+            _note(store_name, path)
+            return {
+                "path": path,
+                "store": store_name,
+                "size": len(content),
+                "ext": ext,
+                "is_dir": False,
+                "item_count": None,
+                "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            }
+
+        def decode(
+            self,
+            stored: dict[str, Any],
+            *,
+            key: dict[str, Any] | None = None,
+            context: dict[str, Any] | None = None,
+        ) -> Any:
+            config = self._codec_config(key, context)
+            store = self._get_backend(stored.get("store"), config=config)
+            content = store.get_buffer(stored["path"])
+            if _raw_files.get():
+                return content
+            if config is None:
+                config = dj.config
+            folder = Path(config.get("download_path", ".") or ".")
+            return str(_download(content, Path(stored["path"]).name, folder))
+
+
 class _Liveness:
     """This process's proof of life for :func:`mei.dj.recovery.recover`: a connection of its
     own holding the worker lock, re-taken by a watcher thread if the server drops it.
@@ -480,8 +591,8 @@ class Backend:
     supports_postgresql: bool
     """Whether this DataJoint can use PostgreSQL (mei's embedded database)."""
     types: Mapping[str, str]
-    """The type names that differ: ``int``, ``float``, ``blob``, ``timestamp``, ``file``
-    (with a ``{store}`` field)."""
+    """The type names that differ: ``int``, ``uint16`` (0..65535), ``float``, ``blob``,
+    ``timestamp``, ``file`` (with a ``{store}`` field)."""
     internals: tuple[tuple[str, str], ...]
     """The private DataJoint names this backend uses: ``(where, attribute)``."""
 
@@ -699,19 +810,25 @@ def _has_attribute(obj: Any, attribute: str) -> bool:
 
 
 class DataJoint2(Backend):
-    """DataJoint 2.x: core types, ``<object@store>`` files, per-table job tables."""
+    """DataJoint 2.x: core types, ``<mei_file@store>`` files (:class:`TorchFileCodec`; tables
+    declared with ``<object@store>`` keep working), per-table job tables."""
 
     generation = 2
     name = "DataJoint 2.x"
     supports_postgresql = True
     types = {
         "int": "int32",
+        "uint16": "int32",  # no unsigned types on PostgreSQL: int32 holds 0..65535
         "float": "float32",
         "blob": "<blob>",
         "timestamp": "datetime",
-        "file": "<object@{store}>",
+        "file": "<" + FILE_CODEC + "@{store}>",
     }
     internals = (
+        ("datajoint:SchemaCodec", "_extract_context"),
+        ("datajoint:SchemaCodec", "_codec_config"),
+        ("datajoint:SchemaCodec", "_build_path"),
+        ("datajoint:SchemaCodec", "_get_backend"),
         ("datajoint.autopopulate:AutoPopulate", "_allow_insert"),
         ("datajoint.autopopulate:AutoPopulate", "_jobs_to_do"),
         ("datajoint.autopopulate:AutoPopulate", "_jobs"),
@@ -742,18 +859,43 @@ class DataJoint2(Backend):
     def keys(self, query: Any) -> list[Key]:
         return list(query.keys())
 
+    @staticmethod
+    def _codecs(table: Any, names: Any) -> set[str]:
+        """The codec names of the attributes ``names`` of ``table`` (``""``: none)."""
+        attributes = table.heading.attributes
+        return {getattr(attributes[n].codec, "name", "") or "" for n in names}
+
     def insert_with_files(
         self, table: Any, row: Mapping[str, Any], files: Mapping[str, Any], store: str
     ) -> None:
-        # A staged insert writes straight into the store and removes what it wrote on failure.
-        with table.staged_insert1 as staged:
-            staged.rec.update(row)
-            for name, obj in files.items():
-                with staged.open(name, ".pth.tar") as f:
-                    torch.save(obj, f)
-        for name in files:
-            meta = staged.rec[name]
-            _note(meta["store"], meta["path"])
+        if self._codecs(table, files) == {"object"}:
+            # A table declared before mei's codec: a staged insert writes straight into the
+            # store and removes what it wrote on failure.
+            with table.staged_insert1 as staged:
+                staged.rec.update(row)
+                for name, obj in files.items():
+                    with staged.open(name, ".pth.tar") as f:
+                        torch.save(obj, f)
+            for name in files:
+                meta = staged.rec[name]
+                _note(meta["store"], meta["path"])
+            return
+        # <mei_file@store>: the codec stores each file while the row is inserted and notes it;
+        # if the insert fails, what it stored is removed again.
+        contents = {}
+        for name, obj in files.items():
+            buffer = io.BytesIO()
+            torch.save(obj, buffer)
+            contents[name] = buffer.getvalue()
+        with file_journal() as written:
+            try:
+                table.insert1({**row, **contents})
+            except BaseException:
+                self.remove_files(table, written)
+                written.clear()
+                raise
+        for entry in written:
+            _note(*entry)
 
     def remove_files(self, table: Any, written: list[tuple[Any, ...]]) -> int:
         from datajoint.hash_registry import get_store_backend
@@ -767,19 +909,29 @@ class DataJoint2(Backend):
         return removed
 
     def load_file(self, query: Any, attribute: str, *, weights_only: bool = False) -> Any:
-        ref = query.fetch1(attribute)
-        return torch.load(io.BytesIO(ref.read()), weights_only=weights_only)
+        token = _raw_files.set(True)
+        try:
+            value = query.fetch1(attribute)
+        finally:
+            _raw_files.reset(token)
+        if isinstance(value, (bytes, bytearray)):  # <mei_file@store>
+            return torch.load(io.BytesIO(value), weights_only=weights_only)
+        if hasattr(value, "read"):  # an ObjectRef: <object@store>, tables declared before
+            return torch.load(io.BytesIO(value.read()), weights_only=weights_only)
+        return torch.load(value, weights_only=weights_only)  # a path
 
     def _key_folder(self, table: Any, key: Key) -> tuple[Any, str]:
         """The store backend and the folder that holds ``key``'s files."""
         from datajoint.hash_registry import get_store_backend
         from datajoint.storage import build_object_path
 
+        # Staged inserts (<object@>) name the folder after the class, codecs after the table.
+        staged = self._codecs(table, ["mei"]) == {"object"}
         config = table.connection._config
         spec = config.get_store_spec(table.storage)
         path, _ = build_object_path(
             schema=table.database,
-            table=table.class_name,
+            table=table.class_name if staged else table.table_name,
             field="x",
             primary_key={k: key[k] for k in table.primary_key},
             ext=None,
@@ -827,6 +979,7 @@ class DataJoint014(Backend):
     supports_postgresql = False
     types = {
         "int": "int",
+        "uint16": "smallint unsigned",
         "float": "float",
         "blob": "longblob",
         "timestamp": "timestamp",

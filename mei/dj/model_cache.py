@@ -1,7 +1,7 @@
 """Models for keys, loaded once and handed out as private copies.
 
 Nothing here imports DataJoint: the MEI table gives :class:`ModelLoader` its trained model
-table's ``load_model``.
+table, whose ``load_model`` loads a model.
 """
 
 from __future__ import annotations
@@ -17,33 +17,78 @@ from .hashing import make_hash
 class ModelLoader:
     """Loads ``(dataloaders, model)`` for a key through ``load`` and keeps the last few.
 
-    ``load_model(key)`` is called for keys not in the cache; ``primary_key`` names the key
-    attributes that identify a model (the trained model table's primary key). At most
-    ``cache_size_limit`` models are kept, least recently used dropped first; ``0`` disables
-    the cache. :meth:`load` returns a deep copy of the cached model, so a run that moves,
-    trains or otherwise changes its model never changes the cached one. Dataloaders are shared,
-    not copied: methods only read from them. ``hits`` and ``misses`` count cache lookups.
+    Two ways to make one:
+
+    - ``ModelLoader(model_table, cache_size_limit=10)``, as in the original library: models
+      come from ``model_table().load_model(key=...)`` (a trained model table class, e.g. your
+      ``TrainedEnsembleModel``), and its primary key identifies a model;
+    - ``ModelLoader(load_model, primary_key, cache_size_limit=10)``: ``load_model(key)`` is
+      called with the part of a key named by ``primary_key``.
+
+    At most ``cache_size_limit`` models are kept, least recently used dropped first; ``0``
+    disables the cache. :meth:`load` returns a deep copy of the cached model, so a run that
+    moves, trains or otherwise changes its model never changes the cached one. Dataloaders are
+    shared, not copied: methods only read from them. ``hits`` and ``misses`` count cache
+    lookups.
     """
 
     def __init__(
         self,
-        load_model: Callable[[dict[str, Any]], Any],
-        primary_key: Iterable[str],
+        load_model: Any,
+        primary_key: Iterable[str] | int | None = None,
         cache_size_limit: int = 10,
     ):
+        if isinstance(primary_key, int) and not isinstance(primary_key, bool):
+            cache_size_limit, primary_key = primary_key, None  # ModelLoader(table, 10)
         if int(cache_size_limit) < 0:
             raise ValueError(f"cache_size_limit must be >= 0, got {cache_size_limit!r}")
-        self.load_model = load_model
-        self.primary_key = list(primary_key)
+        self.model_table: Any = None
+        """The trained model table of the original form, else ``None``."""
+        self._primary_key: list[str] | None = None
+        if primary_key is None:  # the original form: a trained model table
+            if not hasattr(load_model, "load_model"):
+                raise TypeError(
+                    "ModelLoader(model_table, cache_size_limit) needs a table with load_model(), "
+                    f"got {load_model!r}; or pass ModelLoader(load_model, primary_key)"
+                )
+            self.model_table = load_model
+            self.load_model: Callable[[dict[str, Any]], Any] = self._load_from_table
+        elif isinstance(primary_key, int):  # a bool
+            raise TypeError(f"primary_key must be attribute names, got {primary_key!r}")
+        else:
+            self.load_model = load_model
+            self._primary_key = list(primary_key)
         self.cache_size_limit = int(cache_size_limit)
         self.cache: OrderedDict[str, Any] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
+    def _table(self) -> Any:
+        table = self.model_table
+        return table() if isinstance(table, type) else table
+
+    def _load_from_table(self, key: dict[str, Any]) -> Any:
+        return self._table().load_model(key=key)
+
+    @property
+    def primary_key(self) -> list[str]:
+        """The key attributes that identify a model (of a table: read on first use)."""
+        if self._primary_key is None:
+            self._primary_key = list(self._table().primary_key)
+        return self._primary_key
+
+    @primary_key.setter
+    def primary_key(self, names: Iterable[str]) -> None:
+        self._primary_key = list(names)
+
     def __repr__(self) -> str:
+        source = (
+            f"model_table={self.model_table!r}"
+            if self.model_table is not None
+            else f"load_model={self.load_model!r}, primary_key={self._primary_key!r}"
+        )
         return (
-            f"{type(self).__name__}(load_model={self.load_model!r}, "
-            f"primary_key={self.primary_key!r}, cache_size_limit={self.cache_size_limit}, "
+            f"{type(self).__name__}({source}, cache_size_limit={self.cache_size_limit}, "
             f"cached={len(self.cache)}, hits={self.hits}, misses={self.misses})"
         )
 

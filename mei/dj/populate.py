@@ -21,9 +21,11 @@ import random
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from ..config import parse_device
+from ..errors import ConfigError, DeviceUnavailableError
 from ..progress import progress_bar
 from . import run
 from .backend import JobQueue, backend, exclusive, file_journal, worker_liveness
@@ -153,6 +155,77 @@ def _insert_each(
     return stored, failed
 
 
+# --------------------------------------------------------------------------- devices
+def _unavailable(device: Any) -> str | None:
+    """Why ``device`` cannot be used here, or ``None`` if it can (or is not a torch device
+    name at all: then it is the method's own business)."""
+    try:
+        parse_device(device, check_exists=False)
+    except ConfigError:
+        return None
+    try:
+        parse_device(device)
+    except ConfigError as e:
+        return str(e).removeprefix("config['device']: ")
+    return None
+
+
+def check_devices(table: Any, *restrictions: Any) -> None:
+    """Refuse, before anything is reserved, to populate keys whose device this machine lacks.
+
+    With the MEI table's ``device`` override set, that device must exist here; otherwise the
+    ``device`` of every method row that a pending key of ``table`` (under ``restrictions``)
+    uses must. Raises :class:`mei.errors.DeviceUnavailableError` naming the device, the method
+    rows and the override attribute that would redirect them.
+    """
+    name = f"{type(table).__name__}.device"
+    override = getattr(table, "device", None)
+    if override is not None:
+        reason = _unavailable(override)
+        if reason is not None:
+            raise DeviceUnavailableError(
+                f"the device override {name} = {override!r} is not available here ({reason}); "
+                f"no key was reserved. Set {name} (or `mei worker --device`) to a device this "
+                "machine has, or to None to use each method's own device",
+                device=str(override),
+                override=name,
+            )
+        return
+    be = backend()
+    method_table = table.method_table()
+    names = list(method_table.primary_key)
+    needed = method_table & be.todo(table, restrictions).proj()
+    by_device: dict[str, list[dict[str, Any]]] = {}
+    reasons: dict[str, str | None] = {}
+    for row in be.to_dicts(needed):
+        config = row.get("method_config")
+        device = config.get("device") if isinstance(config, Mapping) else None
+        if device is None:
+            continue
+        if str(device) not in reasons:
+            reasons[str(device)] = _unavailable(device)
+        if reasons[str(device)] is not None:
+            by_device.setdefault(str(device), []).append({n: row[n] for n in names})
+    if not by_device:
+        return
+    device, methods = next(iter(by_device.items()))
+    shown = ", ".join(repr(m) for m in methods[:3])
+    if len(methods) > 3:
+        shown += f" and {len(methods) - 3} more"
+    rows = f"method row {shown} asks" if len(methods) == 1 else f"method rows {shown} ask"
+    other = [d for d in by_device if d != device]
+    others = f" (other rows ask for {other}, also missing)" if other else ""
+    raise DeviceUnavailableError(
+        f"{rows} for device {device!r} ({type(method_table).__name__}), which this machine "
+        f"lacks: {reasons[device]}{others}. No key was reserved. To run them here, set the "
+        f"device override {name} to a device this machine has (e.g. {name} = 'cpu', or "
+        "`mei worker --device cpu`), or restrict the keys to other methods",
+        device=device,
+        methods=methods,
+        override=name,
+    )
+
+
 # --------------------------------------------------------------------------- populate
 def populate(
     table: Any,
@@ -172,13 +245,16 @@ def populate(
     ``max_calls`` caps the number of keys taken; ``order`` is ``"original"`` or ``"random"``
     (random group order spreads concurrent workers over different groups); ``stop`` is polled
     between batches. Without ``suppress_errors`` the first failing key raises after its error
-    is recorded and the other reserved keys are given back.
+    is recorded and the other reserved keys are given back. Keys whose method asks for a
+    device this machine lacks are refused first, before anything is reserved
+    (:func:`check_devices`).
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if order not in ("original", "random"):
         raise ValueError(f"order must be 'original' or 'random', got {order!r}")
     be = backend()
+    check_devices(table, *restrictions)
     with exclusive(table.connection, f"{type(table).__name__}.populate"):
         queue = be.jobs(table) if reserve_jobs else None
         if queue is None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import functools
+import inspect
 import logging
 import math
 import numbers
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, NamedTuple
 
 from torch import Tensor
@@ -65,13 +67,25 @@ class Fetched(NamedTuple):
     seed: int
 
 
-def validate_method(method_fn: str, method_config: Any, *, check_config: bool = True) -> Any:
+def validate_method(
+    method_fn: str,
+    method_config: Any,
+    *,
+    check_config: bool = True,
+    import_func: Callable[[str], Any] | None = None,
+) -> Any:
     """Import ``method_fn`` and check ``method_config`` against it; return the function.
 
     Raises :class:`mei.errors.ConfigError` when the path does not import, is too long for the
     table, the config is not a mapping, or the function's ``validate_config`` rejects it.
+    Whether the config's ``device`` exists on this machine is not checked (a ``validate_config``
+    that takes ``check_device`` is called with ``check_device=False``): method rows are data,
+    added from any machine and run by workers on others; a worker checks its devices before it
+    reserves a key (:func:`mei.dj.populate.check_devices`).
     Runs pass ``check_config=False``: the method validates its config itself when called, so
-    checking it here too would resolve every component twice per key.
+    checking it here too would resolve every component twice per key. ``import_func`` imports
+    the dotted path (default :func:`mei.import_helpers.resolve_path`; a method table's
+    ``import_func``).
     """
     if not isinstance(method_fn, str):
         raise ConfigError(f"method_fn must be a dotted path string, got {method_fn!r}")
@@ -86,25 +100,64 @@ def validate_method(method_fn: str, method_config: Any, *, check_config: bool = 
             path=method_fn,
         )
     try:
-        fn = resolve_path(method_fn)
-    except (ImportError, ValueError) as e:
+        fn = (import_func or resolve_path)(method_fn)
+    except (ImportError, ValueError, AttributeError) as e:
         raise ConfigError(f"method_fn cannot be imported: {e}", path=method_fn) from e
     if not callable(fn):
         raise ConfigError(f"method_fn is not callable: {fn!r}", path=method_fn)
     validate = getattr(fn, "validate_config", None)
     if check_config and validate is not None:
-        validate(method_config)
+        if _takes_keyword(validate, "check_device"):
+            validate(method_config, check_device=False)
+        else:  # a lab's own validate_config
+            validate(method_config)
     return fn
 
 
-def run_config(method_config: Mapping[str, Any], key: Mapping[str, Any]) -> dict[str, Any]:
+def _takes_keyword(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` declares a parameter ``name`` that can be passed by keyword."""
+    try:
+        parameter = inspect.signature(fn).parameters.get(name)
+    except (TypeError, ValueError):  # no signature (a builtin, a C extension)
+        return False
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+
+
+def insert_key(
+    method_config: MutableMapping[str, Any],
+    key: Mapping[str, Any],
+    names: Iterable[str] = KEYED_COMPONENTS,
+) -> None:
+    """Give ``key`` to the components of ``method_config`` (in place) that ask for it.
+
+    A component named in ``names`` whose ``kwargs`` contain ``"key"`` gets ``kwargs["key"] =
+    key``, as the original library did before every run.
+    """
+    for name in names:
+        component = method_config.get(name)
+        if isinstance(component, MutableMapping):
+            kwargs = component.get("kwargs")
+            if isinstance(kwargs, MutableMapping) and "key" in kwargs:
+                kwargs["key"] = key
+
+
+def run_config(
+    method_config: Mapping[str, Any],
+    key: Mapping[str, Any],
+    *,
+    insert_key_in_ops: Callable[[dict[str, Any], dict[str, Any]], Any] | None = None,
+) -> dict[str, Any]:
     """The config a run of ``key`` gets: a copy whose components asking for ``kwargs["key"]``
-    get the key and, inside :func:`device_override`, that device."""
+    get the key and, inside :func:`device_override`, that device.
+
+    ``insert_key_in_ops(config, key)`` gives the key to the components (in place; default
+    :func:`insert_key`; a method table passes its own ``insert_key_in_ops``).
+    """
     config = copy.deepcopy(dict(method_config))
-    for name in KEYED_COMPONENTS:
-        component = config.get(name)
-        if isinstance(component, Mapping) and "key" in (component.get("kwargs") or {}):
-            component["kwargs"]["key"] = dict(key)
+    (insert_key_in_ops or insert_key)(config, dict(key))
     device = _device.get()
     if device is not None:
         config["device"] = device
@@ -114,7 +167,9 @@ def run_config(method_config: Mapping[str, Any], key: Mapping[str, Any]) -> dict
 def check_result(method_fn: str, result: Any, key: Mapping[str, Any]) -> Result:
     """``result`` of ``method_fn`` for ``key`` as ``(mei, score, output)``, checked.
 
-    ``mei`` becomes a detached CPU tensor and ``score`` a float; raises
+    ``mei`` becomes a detached CPU tensor, whatever its shape: a method that makes several
+    MEIs per key (the original's ``n_meis``) returns them as one ``(n_meis, C, H, W)`` tensor
+    with one score, and all are stored. ``score`` becomes a float; raises
     :class:`mei.errors.ComponentError` for a malformed result and
     :class:`mei.errors.NonFiniteError` for a score that is not finite, naming ``key``.
     """
@@ -147,25 +202,36 @@ def run_method(
     model: Any,
     key: Mapping[str, Any],
     seed: int,
+    *extra: Any,
+    import_func: Callable[[str], Any] | None = None,
+    insert_key_in_ops: Callable[[dict[str, Any], dict[str, Any]], Any] | None = None,
 ) -> Result:
-    """Call ``method_fn(dataloaders, model, run_config(...), seed)``; return its checked result."""
-    fn = validate_method(method_fn, method_config, check_config=False)
-    result = fn(dataloaders, model, run_config(method_config, key), check_seed(seed, "mei_seed"))
+    """Call ``method_fn(dataloaders, model, run_config(...), seed, *extra)``; return its checked
+    result. ``extra`` are further arguments of the method (a ring MEI's ``ring_mask``);
+    ``import_func`` and ``insert_key_in_ops`` those of a method table (see
+    :func:`validate_method` and :func:`run_config`)."""
+    fn = validate_method(method_fn, method_config, check_config=False, import_func=import_func)
+    config = run_config(method_config, key, insert_key_in_ops=insert_key_in_ops)
+    result = fn(dataloaders, model, config, check_seed(seed, "mei_seed"), *extra)
     return check_result(method_fn, result, key)
 
 
 def builtin(fn: Any) -> Any:
-    """Mark mei's own ``generate_mei``, so that :func:`overrides_generate_mei` can tell it from
-    a lab's."""
+    """Mark mei's own ``generate_mei`` (and the method table's other hooks), so that
+    :func:`overrides_generate_mei` can tell them from a lab's."""
     fn.__mei_builtin__ = True
     return fn
 
 
+HOOKS = ("generate_mei", "import_func", "insert_key_in_ops")
+"""The method table's methods that a run goes through; a lab may override each."""
+
+
 def overrides_generate_mei(method_table: Any) -> bool:
-    """Whether a lab's method table replaced mei's ``generate_mei`` (then it is always
-    called, one key at a time)."""
+    """Whether a lab's method table replaced mei's ``generate_mei``, ``import_func`` or
+    ``insert_key_in_ops`` (then every key goes through its ``generate_mei``, one at a time)."""
     cls = method_table if isinstance(method_table, type) else type(method_table)
-    return not getattr(getattr(cls, "generate_mei", None), "__mei_builtin__", False)
+    return not all(getattr(getattr(cls, h, None), "__mei_builtin__", False) for h in HOOKS)
 
 
 def compute_key(table: Any, key: Key, fetched: Sequence[Any]) -> Result:
@@ -186,6 +252,22 @@ def compute_key(table: Any, key: Key, fetched: Sequence[Any]) -> Result:
     return check_result(method_fn, (entity["mei"], entity["score"], entity["output"]), key)
 
 
+def _same_function(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` compute the same: the same object, or partials of the same
+    function with equal arguments (selectors often build ``partial(target, **config)`` per
+    key)."""
+    if a is b:
+        return True
+    if isinstance(a, functools.partial) and isinstance(b, functools.partial):
+        try:
+            return bool(
+                _same_function(a.func, b.func) and a.args == b.args and a.keywords == b.keywords
+            )
+        except Exception:  # arguments that cannot be compared (e.g. tensors)
+            return False
+    return False
+
+
 def _batch_plan(model: Any, selected: Sequence[Any]) -> tuple[Any, Any, list[int]] | None:
     """``(target_fn, forward_kwargs, units)`` if every selected model picks one int unit of
     ``model`` the same way, else ``None``."""
@@ -196,27 +278,31 @@ def _batch_plan(model: Any, selected: Sequence[Any]) -> tuple[Any, Any, list[int
         if (
             s.model is not model
             or not isinstance(s.constraint, numbers.Integral)
-            or s.target_fn is not first.target_fn
+            or not _same_function(s.target_fn, first.target_fn)
             or s.forward_kwargs != first.forward_kwargs
         ):
             return None
     return first.target_fn, first.forward_kwargs, [int(s.constraint) for s in selected]
 
 
-def _keyed(method_config: Mapping[str, Any]) -> bool:
-    """Whether some component receives the MEI's key (then configs differ per key)."""
+def _keyed(method_config: Mapping[str, Any], names: Iterable[str] = KEYED_COMPONENTS) -> bool:
+    """Whether some component named in ``names`` receives the MEI's key (then configs differ
+    per key)."""
     return any(
         isinstance(method_config.get(n), Mapping)
         and "key" in (method_config[n].get("kwargs") or {})
-        for n in KEYED_COMPONENTS
+        for n in names
     )
 
 
 def _compute_batched(table: Any, keys: Sequence[Key], fetched: Fetched) -> list[Result] | None:
     """The results of ``keys`` from one batched run, or ``None`` if they cannot share one."""
     method_fn, method_config, seed = fetched
-    if overrides_generate_mei(table.method_table) or _keyed(method_config):
+    names = getattr(table.method_table, "optional_names", KEYED_COMPONENTS)
+    if overrides_generate_mei(table.method_table) or _keyed(method_config, names):
         return None
+    if method_config.get("n_meis", 1) != 1:
+        return None  # several MEIs per key (the original's n_meis): one run per key
     batched = getattr(
         validate_method(method_fn, method_config, check_config=False), "batched", None
     )

@@ -7,7 +7,7 @@ and get their few generation-specific type names from the :class:`~mei.dj.backen
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,15 +15,17 @@ from torch import Tensor
 
 from ..config import check_seed
 from ..errors import ConfigError, shorten
-from ..modules import EnsembleModel
+from ..modules import ConstrainedOutputModel, EnsembleModel
 from . import populate as _populate
 from . import run
 from .backend import backend, exclusive
 from .hashing import find_unhashable, hash_list_of_dictionaries, make_hash
+from .helpers import get_mappings, import_module
 from .model_cache import ModelLoader
 from .run import KEYED_COMPONENTS, METHOD_FN_MAX_LENGTH, Key, validate_method
 
 __all__ = [
+    "CSRFV1ObjectiveTemplateMixin",
     "KEYED_COMPONENTS",
     "METHOD_FN_MAX_LENGTH",
     "MEIMethodMixin",
@@ -58,24 +60,32 @@ else:
 class RequiredLink:
     """A link to another table that the user's subclass must set, e.g. ``dataset_table``.
 
-    Reading it before it is set raises an ``AttributeError`` that says what to assign.
+    Reading it before it is set raises an ``AttributeError`` that says what to assign. With
+    ``alias``, a class attribute of that (older) name stands in for it: ``objective_table``,
+    the name sinzlab/mei used for ``selector_table`` from 2020 to 2024.
     """
 
-    def __init__(self, example: str):
+    def __init__(self, example: str, *, alias: str | None = None):
         self.example = example
+        self.alias = alias
         self.name = "?"
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
     def __get__(self, instance: Any, owner: type) -> Any:
+        if self.alias is not None:  # the link's older name, set by a lab's older code
+            value = getattr(owner, self.alias, None)
+            if value is not None:
+                return value
         raise AttributeError(
             f"{owner.__name__}.{self.name} is not set: assign the table class in your subclass, "
             f"e.g. `{self.name} = {self.example}`, before decorating it with your schema"
         )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(example={self.example!r})"
+        alias = f", alias={self.alias!r}" if self.alias else ""
+        return f"{type(self).__name__}(example={self.example!r}{alias})"
 
 
 def _primary_key(table: Any) -> list[str]:
@@ -180,6 +190,52 @@ class TrainedEnsembleModelTemplateMixin(_Table):
         return dataloaders, self.ensemble_model_class(*(model for _, model in loaded))
 
 
+class CSRFV1ObjectiveTemplateMixin(_Table):
+    """Maps the neurons of ``csrf_v1`` datasets to model outputs (a selector table).
+
+    Filled by ``populate()`` from the dataset's pickled datafiles
+    (:func:`mei.dj.helpers.get_mappings`): one row per neuron with its position in the output
+    of its session's readout. Links: ``dataset_table`` (an NNFabrik-style ``Dataset`` with
+    ``dataset_fn`` and ``dataset_config``); only datasets whose ``dataset_fn`` equals
+    :attr:`dataset_fn` are read.
+    """
+
+    definition_template = """
+    # neuron ids of csrf_v1 datasets and their positions in the model's output
+    -> self.dataset_table
+    neuron_id       : {uint16}  # neuron identifier
+    ---
+    neuron_position : {uint16}  # index of the neuron in its session's model output
+    session_id      : varchar(13)  # session (the model's data_key)
+    """
+
+    dataset_table: Any = RequiredLink("Dataset")
+    dataset_fn = "csrf_v1"
+    constrained_output_model: Any = ConstrainedOutputModel
+
+    @property
+    def definition(self) -> str:
+        return self.definition_template.format(**backend().types)
+
+    @property
+    def key_source(self) -> Any:
+        """The datasets made by :attr:`dataset_fn`."""
+        return self.dataset_table() & {"dataset_fn": self.dataset_fn}
+
+    def make(self, key: Key, get_mappings: Any = get_mappings) -> None:
+        """Insert one row per neuron of the dataset ``key`` (read by ``get_mappings``)."""
+        dataset_config = (self.dataset_table() & key).fetch1("dataset_config")
+        self.insert(get_mappings(dataset_config, key))
+
+    def get_output_selected_model(self, model: Any, key: Key) -> Any:
+        """``model``'s output for the neuron of ``key``: its position in the output for its
+        session, the session passed to the model as ``data_key``."""
+        position, session_id = (self & key).fetch1("neuron_position", "session_id")
+        return self.constrained_output_model(
+            model, int(position), forward_kwargs={"data_key": session_id}
+        )
+
+
 class MEIMethodMixin(_Table):
     """MEI methods: a method function (dotted path) and its config, keyed by the config hash."""
 
@@ -203,14 +259,16 @@ class MEIMethodMixin(_Table):
         """Validate and insert a method; return its key ``{method_fn, method_hash}``.
 
         ``method_hash`` is NNFabrik's ``make_hash(method_config)``, so rows made by the original
-        library match. The config is checked first (the path imports, the function's
-        ``validate_config`` accepts it): a broken config never reaches the table. Adding the
+        library match. The config is checked first (the path imports through
+        :attr:`import_func`, the function's ``validate_config`` accepts it; whether its
+        ``device`` exists on this machine is left to the workers): a broken config never
+        reaches the table. Adding the
         same function with the same config again returns the existing key and changes nothing
         (the comment included); a different config with the same hash raises
         :class:`mei.errors.ConfigError`, and so does a config ``make_hash`` cannot hash (one
         holding a torch tensor: store a nested list or a numpy array instead).
         """
-        validate_method(method_fn, method_config)
+        validate_method(method_fn, method_config, import_func=self.import_func)
         key = {"method_fn": method_fn, "method_hash": _method_hash(method_fn, method_config)}
         existing = self & key
         if existing:
@@ -229,16 +287,57 @@ class MEIMethodMixin(_Table):
         self.insert1(dict(key, method_config=method_config, method_comment=comment))
         return key
 
+    import_func = staticmethod(run.builtin(import_module))
+    """Imports ``method_fn`` from its dotted path; a lab may replace it (as in the original)."""
+    optional_names: tuple[str, ...] = KEYED_COMPONENTS
+    """The config components that :meth:`insert_key_in_ops` gives the MEI's key."""
+
+    @run.builtin
+    def insert_key_in_ops(self, method_config: MutableMapping[str, Any], key: Key) -> None:
+        """Give ``key`` to the components of ``method_config`` that ask for it, in place.
+
+        Every component named in :attr:`optional_names` whose ``kwargs`` hold ``"key"`` gets
+        ``kwargs["key"] = key``. Runs call it on a copy of the stored config, never on the
+        stored one.
+        """
+        run.insert_key(method_config, key, self.optional_names)
+
+    def _run(
+        self, dataloaders: Any, model: Any, key: Key, seed: int, *extra: Any
+    ) -> dict[str, Any]:
+        method_fn, method_config = (self & key).fetch1("method_fn", "method_config")
+        mei, score, output = run.run_method(
+            method_fn,
+            method_config,
+            dataloaders,
+            model,
+            key,
+            seed,
+            *extra,
+            import_func=self.import_func,
+            insert_key_in_ops=self.insert_key_in_ops,
+        )
+        return dict(key, mei=mei, score=score, output=output)
+
     @run.builtin
     def generate_mei(self, dataloaders: Any, model: Any, key: Key, seed: int) -> dict[str, Any]:
         """Run the method of ``key`` on ``model``; return ``dict(key, mei=, score=, output=)``.
 
-        The MEI table calls this for every key it computes alone (:func:`mei.dj.run.compute`).
-        A lab may override it; keys then always run one at a time through the override.
+        Calls ``method_fn(dataloaders, model, config, seed)`` with ``method_fn`` imported by
+        :attr:`import_func` and ``config`` a copy of the stored config that
+        :meth:`insert_key_in_ops` gave the key (and the MEI table's ``device`` override, if
+        set). The MEI table calls this for every key it computes alone
+        (:func:`mei.dj.run.compute`). A lab may override it, or :attr:`import_func` or
+        :meth:`insert_key_in_ops`; keys then always run one at a time through it.
         """
-        method_fn, method_config = (self & key).fetch1("method_fn", "method_config")
-        mei, score, output = run.run_method(method_fn, method_config, dataloaders, model, key, seed)
-        return dict(key, mei=mei, score=score, output=output)
+        return self._run(dataloaders, model, key, seed)
+
+    def generate_ringmei(
+        self, dataloaders: Any, model: Any, key: Key, seed: int, ring_mask: Any
+    ) -> dict[str, Any]:
+        """:meth:`generate_mei` for a ring (or surround) MEI: the method of ``key`` is called
+        as ``method_fn(dataloaders, model, config, seed, ring_mask)``."""
+        return self._run(dataloaders, model, key, seed, ring_mask)
 
 
 def _method_hash(method_fn: str, method_config: Mapping[str, Any]) -> str:
@@ -335,7 +434,10 @@ class MEITemplateMixin(_Table):
     Links: ``trained_model_table`` (has ``load_model(key)``), ``selector_table`` (has
     ``get_output_selected_model(model, key)``), ``method_table`` and ``seed_table``.
     ``mei`` and ``output`` are files written with ``torch.save`` into the store named by
-    ``storage``. Models are cached across keys, at most ``cache_size_limit`` of them.
+    ``storage`` (``attach@store`` on DataJoint 0.14, ``<mei_file@store>`` on 2.x: either way
+    ``fetch1("mei")`` gives a local path for ``torch.load``; :meth:`load_mei` gives the
+    tensor). Models are cached across keys, at most ``cache_size_limit`` of them (a class
+    attribute, or ``MEI(cache_size_limit=n)``); ``device`` redirects every method to a device.
     """
 
     definition_template = """
@@ -351,29 +453,42 @@ class MEITemplateMixin(_Table):
     """
 
     trained_model_table: Any = RequiredLink("TrainedEnsembleModel")
-    selector_table: Any = RequiredLink("Selector")
+    selector_table: Any = RequiredLink("Selector", alias="objective_table")
     storage = "minio"
     cache_size_limit = 10
+    model_loader_class: Any = ModelLoader
+    """Made as ``model_loader_class(trained_model_table, cache_size_limit=...)``."""
     device: str | None = None
     """Overrides the method configs' ``device`` when set (one worker per GPU: ``"cuda:1"``)."""
+
+    def __init__(self, *args: Any, cache_size_limit: int | None = None, **kwargs: Any):
+        """``MEI(cache_size_limit=n)`` keeps at most ``n`` models in this table object's
+        cache (default: the class attribute ``cache_size_limit``, 10; ``0``: no cache)."""
+        super().__init__(*args, **kwargs)
+        if cache_size_limit is not None:
+            if isinstance(cache_size_limit, bool) or int(cache_size_limit) < 0:
+                raise ValueError(f"cache_size_limit must be >= 0, got {cache_size_limit!r}")
+            self.cache_size_limit = int(cache_size_limit)
 
     @property
     def definition(self) -> str:
         return self.definition_template.format(**backend().type_map(self.storage))
 
     @property
-    def model_loader(self) -> ModelLoader:
-        """The model cache of this table object, made on first use."""
+    def model_loader(self) -> Any:
+        """The model cache of this table object, made on first use (a :class:`ModelLoader`
+        of ``trained_model_table``, unless ``model_loader_class`` says otherwise)."""
         loader = self.__dict__.get("_model_loader")
         if loader is None:
-            trained = self.trained_model_table
-
-            def load_model(key: Key) -> Any:
-                return trained().load_model(key=key)
-
-            loader = ModelLoader(load_model, _primary_key(trained), self.cache_size_limit)
+            loader = self.model_loader_class(
+                self.trained_model_table, cache_size_limit=self.cache_size_limit
+            )
             self.__dict__["_model_loader"] = loader
         return loader
+
+    @model_loader.setter
+    def model_loader(self, loader: Any) -> None:
+        self.__dict__["_model_loader"] = loader
 
     @run.builtin
     def make_fetch(self, key: Key) -> tuple[str, Any, int]:
@@ -398,8 +513,13 @@ class MEITemplateMixin(_Table):
         method, model and seed in one engine run and inserts one row per key. With
         ``batch_size`` the accepted keyword arguments are ``reserve_jobs``,
         ``suppress_errors``, ``max_calls``, ``display_progress`` and ``order``.
+
+        Either way, keys whose method asks for a device this machine lacks (and no ``device``
+        override redirects them) are refused before anything is reserved or computed:
+        :class:`mei.errors.DeviceUnavailableError` (:func:`mei.dj.populate.check_devices`).
         """
         if batch_size is None:
+            _populate.check_devices(self, *restrictions)
             with exclusive(self.connection, f"{type(self).__name__}.populate"):
                 return super().populate(*restrictions, **kwargs)  # type: ignore[misc]
         unknown = sorted(

@@ -4,6 +4,8 @@ Templates (undecorated; subclass them, set their links, decorate with your schem
 
 - :class:`TrainedEnsembleModelTemplate` (with part ``Member``): links ``dataset_table`` and
   ``trained_model_table`` (e.g. an NNFabrik ``TrainedModelBase`` subclass).
+- :class:`CSRFV1ObjectiveTemplate` (also ``CSRFV1SelectorTemplate``): a selector of the
+  neurons of ``csrf_v1`` datasets; links ``dataset_table``.
 - :class:`MEITemplate`: links ``trained_model_table`` (usually your TrainedEnsembleModel),
   ``selector_table`` (maps a neuron to a model output, has ``get_output_selected_model``),
   ``method_table`` (default :class:`MEIMethod`), ``seed_table`` (default :class:`MEISeed`);
@@ -29,6 +31,8 @@ from . import tables
 from .backend import backend
 
 __all__ = [
+    "CSRFV1ObjectiveTemplate",
+    "CSRFV1SelectorTemplate",
     "MEIMethod",
     "MEISeed",
     "MEITemplate",
@@ -108,6 +112,19 @@ class TrainedEnsembleModelTemplate(tables.TrainedEnsembleModelTemplateMixin, dj.
 
     class Member(tables.TrainedEnsembleModelTemplateMixin.Member, dj.Part):
         """Member table template."""
+
+
+class CSRFV1ObjectiveTemplate(tables.CSRFV1ObjectiveTemplateMixin, dj.Computed):
+    """CSRF V1 objective (selector) table template.
+
+    Subclass it, set ``dataset_table`` (e.g. ``nnfabrik.main.Dataset``) and decorate it with
+    your schema; ``populate()`` reads the neurons of every ``csrf_v1`` dataset. Link it to
+    your MEI table as its ``selector_table``.
+    """
+
+
+CSRFV1SelectorTemplate = CSRFV1ObjectiveTemplate
+"""The template's name in sinzlab/mei before June 2020."""
 
 
 class MEITemplate(tables.MEITemplateMixin, dj.Computed):

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from .backend import worker_liveness
-from .populate import populate
+from .populate import check_devices, populate
 from .recovery import recover
 
 logger = logging.getLogger(__name__)
@@ -35,12 +35,16 @@ def run_worker(
     (checked between batches), or on SIGTERM: the first SIGTERM lets the current batch finish
     and exits; a second one interrupts it, and its reserved keys go back to the queue.
     ``device`` overrides the method configs' device (one worker per GPU: ``"cuda:0"``, ...).
+    Before anything else, a worker that would run a pending key's method on a device this
+    machine lacks raises :class:`mei.errors.DeviceUnavailableError` (naming the device, the
+    method rows and the table's ``device`` override), so it reserves nothing.
     With ``recover_dead``, the keys of dead workers are returned to the queue first. Returns
     ``{"success_count", "error_list", "keys", "stopped_by"}`` (``keys``: the keys this worker
     inserted).
     """
     if device is not None:
         table.device = device
+    check_devices(table, *restrictions)
     if recover_dead:
         for key in recover(table):
             logger.info("recovered the reservation of a dead worker: %s", key)

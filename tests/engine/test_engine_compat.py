@@ -233,3 +233,22 @@ def test_an_mei_of_any_shape_is_one_mei_as_in_the_original():
     assert isinstance(state, State) and state.i_iter == 0 and state.evaluation == -4.0
     score, result = optimize(mei, NumIterations(100), Tracker())
     assert torch.allclose(result, target) and score == pytest.approx(0.0)
+
+
+def test_batched_elements_with_their_own_seeds_follow_their_own_streams():
+    # each element replays the draws the shuffling loaders made in its single run, then
+    # draws its start and its jitter from its own continued stream
+    net = cases.TwoSessionNet()
+    config = base_config(
+        transform={"path": "mei.legacy.ops.Jitter", "kwargs": {"max_jitter": 2}},
+        stopper={"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 10}},
+    )
+    seeds, units = [3, 5, 7], [0, 1, 2]
+    kwargs = {"data_key": "session-b"}
+    batched = gradient_ascent_units(
+        cases.dataloaders(), net, config, seeds, units, forward_kwargs=kwargs
+    )
+    for (mei, score, _), seed, unit in zip(batched, seeds, units, strict=True):
+        model = ConstrainedOutputModel(net, unit, forward_kwargs=kwargs)
+        single = gradient_ascent(cases.dataloaders(), model, config, seed)
+        assert (mei - single[0]).abs().max() <= 1e-5 and abs(score - single[1]) <= 1e-5

@@ -12,7 +12,7 @@ from mei_testkit import METHOD_CONFIG, unique_name
 
 from mei.dj.backend import backend
 from mei.integration import hash_list_of_dictionaries, make_hash
-from mei.main import MEITemplate, TrainedEnsembleModelTemplate
+from mei.main import CSRFV1ObjectiveTemplate, MEITemplate, TrainedEnsembleModelTemplate
 
 pytestmark = pytest.mark.generation(0)
 
@@ -133,6 +133,41 @@ def test_definitions_equal_the_original(connection, mei_main):
         backend().drop_schema(schema)
 
 
+ORIGINAL_CSRF_V1 = """
+-> Dataset
+neuron_id       : smallint unsigned
+---
+neuron_position : smallint unsigned
+session_id      : varchar(13)
+"""
+
+
+def test_csrf_v1_objective_equals_the_original(connection, mei_main):
+    schema = dj.Schema(unique_name("mei_test_compat"))
+    try:
+
+        @schema
+        class Dataset(dj.Manual):
+            definition = """
+            dataset_fn : varchar(64)
+            dataset_hash : varchar(64)
+            ---
+            dataset_config : longblob
+            """
+
+        @schema
+        class CSRFV1Objective(CSRFV1ObjectiveTemplate):
+            dataset_table = Dataset
+
+        @schema
+        class OriginalCSRFV1Objective(dj.Manual):
+            definition = ORIGINAL_CSRF_V1
+
+        assert _columns(CSRFV1Objective()) == _columns(OriginalCSRFV1Objective())
+    finally:
+        backend().drop_schema(schema)
+
+
 def test_stored_files_are_readable_as_the_original_wrote_them(connection, store, tmp_path):
     """A row written the original way (torch.save + attach) loads through load_mei."""
     schema = dj.Schema(unique_name("mei_test_compat"))
@@ -169,6 +204,7 @@ def test_type_map():
     assert backend().generation == 0
     assert backend().type_map("minio") == {
         "int": "int",
+        "uint16": "smallint unsigned",
         "float": "float",
         "blob": "longblob",
         "timestamp": "timestamp",

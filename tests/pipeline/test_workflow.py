@@ -174,6 +174,6 @@ def test_failed_insert_leaves_no_orphan_file(lab, mei_main, store):
 @pytest.mark.generation(2)
 def test_stored_types(lab, mei_main):
     heading = lab.MEI().heading
-    assert heading["mei"].type == heading["output"].type == "<object@minio>"
+    assert heading["mei"].type == heading["output"].type == "<mei_file@minio>"
     assert "<blob>" in mei_main.MEIMethod().heading["method_config"].type
     assert lab.MEI.storage == "minio"
