@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import functools
 import inspect
 import logging
 import math
@@ -251,6 +252,22 @@ def compute_key(table: Any, key: Key, fetched: Sequence[Any]) -> Result:
     return check_result(method_fn, (entity["mei"], entity["score"], entity["output"]), key)
 
 
+def _same_function(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` compute the same: the same object, or partials of the same
+    function with equal arguments (selectors often build ``partial(target, **config)`` per
+    key)."""
+    if a is b:
+        return True
+    if isinstance(a, functools.partial) and isinstance(b, functools.partial):
+        try:
+            return bool(
+                _same_function(a.func, b.func) and a.args == b.args and a.keywords == b.keywords
+            )
+        except Exception:  # arguments that cannot be compared (e.g. tensors)
+            return False
+    return False
+
+
 def _batch_plan(model: Any, selected: Sequence[Any]) -> tuple[Any, Any, list[int]] | None:
     """``(target_fn, forward_kwargs, units)`` if every selected model picks one int unit of
     ``model`` the same way, else ``None``."""
@@ -261,7 +278,7 @@ def _batch_plan(model: Any, selected: Sequence[Any]) -> tuple[Any, Any, list[int
         if (
             s.model is not model
             or not isinstance(s.constraint, numbers.Integral)
-            or s.target_fn is not first.target_fn
+            or not _same_function(s.target_fn, first.target_fn)
             or s.forward_kwargs != first.forward_kwargs
         ):
             return None
