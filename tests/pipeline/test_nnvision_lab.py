@@ -101,7 +101,10 @@ def lab(nnfabrik_main, mei_main):
     nnf = nnfabrik_main
     added = []
     try:
-        nnf.Fabrikant().add_entry("lab", "lab@example.org", "mei tests", skip_duplicates=True)
+        # NNFabrik's TrainedModel.make looks the current user up in the core Fabrikant,
+        # whatever its user_table: removed again at the end, or other labs' models get it
+        fabrikant = nnf.Fabrikant().add_entry("lab", "lab@example.org", "mei tests")
+        added.append((nnf.Fabrikant, fabrikant))
         dataset = nnf.Dataset().add_entry(
             "nnvision_lab.session_loaders",
             {"sessions": lab.SESSIONS},
