@@ -20,6 +20,10 @@ class Component:
 
     per_row = True
 
+    def check_shape(self, shape: Sequence[int]) -> None:
+        """Raise ``ValueError`` if this component cannot act on inputs of ``shape`` (the
+        engine asks before the first step, e.g. a temporal filter given images)."""
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({args})"
@@ -68,6 +72,29 @@ def build(spec: Any) -> Any:
     if not callable(spec):
         raise TypeError(f"expected a component or a {{'path': ...}} entry, got {spec!r}")
     return spec
+
+
+def check_shape(component: Any, shape: Sequence[int]) -> None:
+    """``component.check_shape(shape)`` for components that have it (others: nothing)."""
+    check = getattr(component, "check_shape", None)
+    if callable(check):
+        check(tuple(shape))
+
+
+def use_group(component: Any, group: int) -> None:
+    """Tell ``component`` that each batch element is ``group`` input rows (``n_meis``)."""
+    tell = getattr(component, "use_group", None)
+    if callable(tell):
+        tell(group)
+
+
+def require_movie(name: str, shape: Sequence[int]) -> None:
+    """Raise ``ValueError`` unless ``shape`` is a movie batch ``(B, C, T, H, W)``."""
+    if len(shape) != 5:
+        raise ValueError(
+            f"{name} acts on the time axis of movies (B, C, T, H, W), got inputs of shape "
+            f"{tuple(shape)}"
+        )
 
 
 def per_element(x: Tensor) -> Tensor:

@@ -45,6 +45,7 @@ from .typing import (
     InitialGuess,
     Objective,
     OptimizerFactory,
+    Parameterization,
     PostProcessing,
     Precondition,
     Regularization,
@@ -56,6 +57,7 @@ T = TypeVar("T")
 
 REQUIRED_KEYS = ("device", "initial", "optimizer", "stopper")
 OPTIONAL_KEYS = (
+    "parameterization",
     "transform",
     "regularization",
     "precondition",
@@ -88,6 +90,7 @@ SEED_MIN, SEED_MAX = -(2**31), 2**31 - 1
 #: The slot each component key fills, and how the engine calls it (for messages).
 SLOTS: dict[str, tuple[type, str]] = {
     "initial": (InitialGuess, "initial(*shape, generator=g) -> Tensor"),
+    "parameterization": (Parameterization, "parameterization(params) -> image"),
     "transform": (Transform, "transform(x, i_iteration) -> Tensor"),
     "regularization": (Regularization, "regularization(x, i_iteration) -> Tensor"),
     "precondition": (Precondition, "precondition(grad, i_iteration) -> Tensor"),
@@ -142,6 +145,7 @@ class MethodConfig:
     initial: ComponentSpec[InitialGuess | Callable[..., Tensor]]
     optimizer: ComponentSpec[torch.optim.Optimizer]
     stopper: ComponentSpec[Stopper]
+    parameterization: ComponentSpec[Parameterization] | None = None
     transform: ComponentSpec[Transform] | None = None
     regularization: ComponentSpec[Regularization] | None = None
     precondition: ComponentSpec[Precondition] | None = None
@@ -179,7 +183,13 @@ class MethodConfig:
             reasons.append(f"n_meis={self.n_meis}: several images share one evaluation")
         if self.transparency:
             reasons.append("transparency composes each MEI over its own background")
-        for spec in (self.transform, self.regularization, self.precondition, self.postprocessing):
+        for spec in (
+            self.parameterization,
+            self.transform,
+            self.regularization,
+            self.precondition,
+            self.postprocessing,
+        ):
             if spec is not None and not _per_row(spec.factory):
                 reasons.append(
                     f"{spec.key} {spec.path} does not declare that it acts on each element on "
@@ -266,8 +276,14 @@ def _accepts(obj: Any, names: list[str]) -> list[str]:
     return [n for n in names if n not in accepted]
 
 
+#: Paths whose kwargs may be infinite: the original library's operations took ``inf`` (e.g. an
+#: open clip range) and lab databases hold such rows.
+INFINITE_OK = ("mei.legacy.",)
+
+
 def _check_numbers(key: str, path: str, value: Any, where: str) -> None:
-    """Every number in ``value`` (nested in dicts, lists, tuples) is an int or a finite float."""
+    """Every number in ``value`` (nested in dicts, lists, tuples) is an int or a finite float
+    (``inf`` is allowed for the paths in :data:`INFINITE_OK`; ``nan`` never)."""
     if isinstance(value, Mapping):
         for k, v in value.items():
             _check_numbers(key, path, v, f"{where}[{k!r}]")
@@ -279,7 +295,10 @@ def _check_numbers(key: str, path: str, value: Any, where: str) -> None:
     elif isinstance(value, float) or (
         isinstance(value, numbers.Real) and type(value).__module__ == "numpy"
     ):
-        if not math.isfinite(float(value)):
+        number = float(value)
+        if math.isinf(number) and path.startswith(INFINITE_OK):
+            return
+        if not math.isfinite(number):
             raise ConfigError(
                 f"argument {where!r} must be a finite number, got {value!r}", key=key, path=path
             )
@@ -506,6 +525,8 @@ def _check_built(spec: ComponentSpec[Any]) -> None:
         )
     slot = spec.key.partition("[")[0]
     problems = slot_mismatches(component, slot)
+    if slot == "parameterization" and not callable(getattr(component, "from_image", None)):
+        problems.append("it has no from_image(image) -> params method")
     if problems:
         raise ConfigError(
             f"built a {type(component).__name__}, which does not fit the "
@@ -557,6 +578,13 @@ def resolve_config(config: Mapping[str, Any], *, check_device: bool = True) -> M
         specs.append(spec)
     resolved["objectives"] = tuple(specs)
     resolved.update(_settings(config))
+    if resolved.get("transparency") and "parameterization" in resolved:
+        raise ConfigError(
+            "transparency optimizes the image and its alpha channel in pixels; remove the "
+            "parameterization",
+            key="parameterization",
+            path=resolved["parameterization"].path,
+        )
     if resolved.get("transparency") and "background" not in resolved:
         raise ConfigError(
             "transparency composes the MEI over a background: add a 'background' entry, e.g. "

@@ -16,6 +16,7 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor, nn
 
+from ._components import check_shape
 from .config import ComponentSpec, MethodConfig, check_seed, resolve_config, validate_config
 from .errors import ComponentError, ConfigError, InputError
 from .modules import ConstrainedOutputModel, FirstCallCheck, UnitPerElement
@@ -315,6 +316,19 @@ def _build_for(spec: ComponentSpec[T] | None, generators: Sequence[torch.Generat
     return component
 
 
+def _check_shapes(
+    components: Mapping[str, tuple[Any, ComponentSpec[Any] | None]], shape: Sequence[int]
+) -> None:
+    """Ask each component whether it acts on inputs of ``shape`` (before the first step)."""
+    for key, (component, spec) in components.items():
+        if component is None or spec is None:
+            continue
+        try:
+            check_shape(component, shape)
+        except ValueError as e:
+            raise ConfigError(str(e), key=key, path=spec.path) from None
+
+
 def run_batch(
     method: MethodConfig,
     model: Model,
@@ -360,23 +374,42 @@ def run_batch(
             # components drawing from it directly see the original's numbers too
             torch.set_rng_state(generators[0].get_state())
             generators = [torch.default_generator]
-        x = start.to(device).requires_grad_(True)
+        image = start.to(device)
+        parameterization = _build_for(method.parameterization, generators)
+        if parameterization is not None and method.parameterization is not None:
+            _check_shapes(
+                {"parameterization": (parameterization, method.parameterization)}, image.shape
+            )
+            image = parameterization.from_image(image)
+        x = image.detach().requires_grad_(True)
         optimizer = method.optimizer.build(params=[x])
         stoppers = [method.stopper.build() for _ in seeds]
         trackers = [Tracker(**{s.path: s.build() for s in method.objectives}) for _ in seeds]
+        parts = {
+            spec.key: (_build_for(spec, generators), spec)
+            for spec in (
+                method.transform,
+                method.regularization,
+                method.precondition,
+                method.postprocessing,
+            )
+            if spec is not None
+        }
+        _check_shapes(parts, tuple(start.shape))
         mei = MEI(
             FirstCallCheck(model),
             x,
             optimizer,
-            transform=_build_for(method.transform, generators),
-            regularization=_build_for(method.regularization, generators),
-            precondition=_build_for(method.precondition, generators),
-            postprocessing=_build_for(method.postprocessing, generators),
+            transform=parts.get("transform", (None,))[0],
+            regularization=parts.get("regularization", (None,))[0],
+            precondition=parts.get("precondition", (None,))[0],
+            postprocessing=parts.get("postprocessing", (None,))[0],
             group=method.n_meis,
             inhibitory=method.inhibitory,
             transparency=method.transparency,
             transparency_weight=method.transparency_weight,
             background=_build_for(method.background, generators),
+            parameterization=parameterization,
         )
         scores, inputs = optimize(mei, stoppers, trackers, progress=bar, score=method.score)
     inputs = inputs.cpu()

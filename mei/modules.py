@@ -1,11 +1,12 @@
-"""Model wrappers: select one output unit, average an ensemble, select one unit per element;
-check a model's first response."""
+"""Model wrappers: select one output unit, average an ensemble, select one unit per element,
+reduce a video model's responses over a time window, contrast clusters of units; check a
+model's first response."""
 
 from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -112,6 +113,123 @@ class EnsembleModel(nn.Module):
                 )
         stacked = torch.stack(outputs, dim=0)
         return stacked if avg is False else stacked.mean(dim=0)
+
+
+class TimeWindowResponse(nn.Module):
+    """A video model's responses reduced over a window of output frames: ``(B, ...) ->
+    (B, N)``.
+
+    ``model`` maps movies ``(B, C, T, H, W)`` to responses over time, ``(B, T', N)`` with
+    ``time_dim=1`` (open-retina's layout) or ``(B, N, T')`` with ``time_dim=2``. The window is
+    the output frames ``[start:stop]`` (Python slice semantics: ``start=-k`` is the last ``k``
+    frames); ``reduce="mean"`` averages them (open-retina's slice-mean response reducer),
+    ``"sum"`` adds them (the frame-sum objective of sinzlab/mei forks' ``frames_maximize``).
+    Wrap the model before selecting units (``ConstrainedOutputModel(TimeWindowResponse(m,
+    start=-10), unit)``); keyword arguments are passed to ``model``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        start: int | None = None,
+        stop: int | None = None,
+        reduce: str = "mean",
+        time_dim: int = 1,
+    ):
+        super().__init__()
+        if reduce not in ("mean", "sum"):
+            raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+        if time_dim not in (1, 2):
+            raise ValueError(f"time_dim must be 1 (B, T, N) or 2 (B, N, T), got {time_dim!r}")
+        self.model = model
+        self.start = start
+        self.stop = stop
+        self.reduce = reduce
+        self.time_dim = time_dim
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        output = self.model(x, *args, **kwargs)
+        if not isinstance(output, Tensor) or output.dim() != 3:
+            got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            layout = "(B, T, N)" if self.time_dim == 1 else "(B, N, T)"
+            raise ModelError(f"TimeWindowResponse needs responses {layout}, the model gave {got}")
+        index = [slice(None)] * 3
+        index[self.time_dim] = slice(self.start, self.stop)
+        window = output[tuple(index)]
+        if window.shape[self.time_dim] == 0:
+            raise ModelError(
+                f"the window [{self.start}:{self.stop}] holds none of the model's "
+                f"{output.shape[self.time_dim]} output frames"
+            )
+        reduced: Tensor = getattr(window, self.reduce)(dim=self.time_dim)
+        return reduced
+
+    def extra_repr(self) -> str:
+        return (
+            f"start={self.start!r}, stop={self.stop!r}, reduce={self.reduce!r}, "
+            f"time_dim={self.time_dim!r}"
+        )
+
+
+class ClusterContrast(nn.Module):
+    """The most discriminative stimulus objective of Burg et al. (ICLR 2024), per element.
+
+    ``clusters`` lists the output units of each of ``K`` clusters. For an input, each
+    cluster's response is the mean response of its units; element ``b`` of the batch is a
+    stimulus for cluster ``targets[b]`` (default: element ``b`` for cluster ``b``) and gets
+    ``log softmax(cluster responses / temperature)[targets[b]]``, ``(B,)``: high when that
+    cluster responds and the others do not. Each element's value depends on its own input
+    only, so the stimuli of all clusters are optimized in one batched run.
+    ``forward_kwargs`` are passed to ``model``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        clusters: Sequence[Sequence[int]],
+        targets: Sequence[int] | None = None,
+        temperature: float = 1.0,
+        forward_kwargs: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        if len(clusters) < 2 or any(len(c) == 0 for c in clusters):
+            raise ValueError(f"need at least two clusters, none empty; got {clusters!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature!r}")
+        self.model = model
+        self.clusters = [[int(u) for u in c] for c in clusters]
+        self.targets = list(range(len(clusters))) if targets is None else [int(t) for t in targets]
+        if any(not 0 <= t < len(clusters) for t in self.targets):
+            raise ValueError(f"targets must index the {len(clusters)} clusters, got {targets!r}")
+        self.temperature = float(temperature)
+        self.forward_kwargs = dict(forward_kwargs) if forward_kwargs else {}
+        n_units = max(max(c) for c in self.clusters) + 1
+        membership = torch.zeros(len(clusters), n_units)
+        for k, units in enumerate(self.clusters):
+            membership[k, units] = 1.0 / len(units)
+        self.register_buffer("_membership", membership, persistent=False)
+        self.register_buffer("_targets", torch.tensor(self.targets), persistent=False)
+
+    def cluster_responses(self, x: Tensor) -> Tensor:
+        """Each cluster's mean response to each input, ``(B, K)``."""
+        output = self.model(x, **self.forward_kwargs)
+        membership = cast(Tensor, self._membership).to(output.device, output.dtype)
+        responses: Tensor = output[:, : membership.shape[1]] @ membership.T
+        return responses
+
+    def forward(self, x: Tensor) -> Tensor:
+        if len(x) != len(self.targets):
+            raise ValueError(f"expected a batch of {len(self.targets)} inputs, got {len(x)}")
+        log_p = torch.log_softmax(self.cluster_responses(x) / self.temperature, dim=1)
+        targets = cast(Tensor, self._targets).to(log_p.device)
+        selected: Tensor = log_p[torch.arange(len(x), device=log_p.device), targets]
+        return selected
+
+    def extra_repr(self) -> str:
+        return (
+            f"clusters={self.clusters!r}, targets={self.targets!r}, "
+            f"temperature={self.temperature!r}"
+        )
 
 
 class UnitPerElement(nn.Module):

@@ -2,7 +2,7 @@
 
 One step, for every element of the batch at once::
 
-    transform -> model -> evaluation - regularization -> backward -> precondition(grad)
+    (parameterization ->) transform -> model -> evaluation - regularization -> backward -> precondition(grad)
     -> optimizer.step -> postprocess (no grad) -> stopper(state) -> tracker(state)
 
 Exactly one forward and one backward pass per step. Nothing is copied to the host unless a
@@ -24,7 +24,7 @@ from typing import Any, Protocol, cast, overload
 import torch
 from torch import Tensor
 
-from ._components import batched_form
+from ._components import batched_form, use_group
 from .domain import RECORD_FIELDS, Input, State, StepRecord
 from .errors import ComponentError, ModelError, NonFiniteError
 from .tracking import BatchTracking, Tracker
@@ -33,6 +33,7 @@ from .typing import (
     Background,
     BatchedStopper,
     Model,
+    Parameterization,
     PostProcessing,
     Precondition,
     Regularization,
@@ -79,6 +80,13 @@ class MEI:
     ``(B, 1)``); ``initial`` is the tensor being optimized (or an :class:`~mei.domain.Input`)
     and ``optimizer`` an optimizer over it. The other components are optional (see
     :mod:`mei.typing`).
+
+    With a ``parameterization`` the tensor being optimized holds its parameters (build them
+    with ``parameterization.from_image(start)``) and the model sees ``parameterization(params)``;
+    postprocessing acts on that image and is mapped back with ``from_image``. The States'
+    inputs (``input_``, ``transformed_input``, ``post_processed_input``) and
+    :attr:`current_input` are images; ``grad`` and ``preconditioned_grad`` are with respect
+    to the parameters (what the optimizer steps on).
     """
 
     def __init__(
@@ -96,8 +104,12 @@ class MEI:
         transparency: bool | None = None,
         transparency_weight: float = 1.0,
         background: Background | None = None,
+        parameterization: Parameterization | None = None,
     ):
         self.func = func
+        if getattr(parameterization, "identity", False) is True:
+            parameterization = None  # the pixels themselves: the plain path
+        self.parameterization = parameterization
         self._input = initial.tensor if isinstance(initial, Input) else initial
         if not self._input.requires_grad:
             if not self._input.is_leaf:
@@ -117,12 +129,15 @@ class MEI:
                 f"group must divide the {len(self._input)} input rows, got group={group}"
             )
         self.group = group
+        use_group(regularization, group)
         self.inhibitory = bool(inhibitory)
         self.transparency = bool(transparency)
         self.transparency_weight = transparency_weight
         self.background = background
         if self.transparency and background is None:
             raise ValueError("transparency needs a background to compose the MEI over")
+        if self.transparency and parameterization is not None:
+            raise ValueError("transparency optimizes pixels; it takes no parameterization")
         self.i_iter = 0
         # (mask (B, 1, ...) bool, values): the elements that stopped and their inputs
         self._frozen: tuple[Tensor, Tensor] | None = None
@@ -137,6 +152,7 @@ class MEI:
                 f"cannot split {rows} input rows into {elements} MEIs after {self.i_iter} steps"
             )
         self.group = rows // elements
+        use_group(self.regularization, self.group)
         self._nonfinite = torch.zeros(elements, dtype=torch.bool, device=self._input.device)
 
     @property
@@ -146,8 +162,15 @@ class MEI:
 
     @property
     def current_input(self) -> Tensor:
-        """The current inputs, detached, on the device."""
-        return self._input.detach()
+        """The current inputs (images, with a parameterization), detached, on the device."""
+        if self.parameterization is None:
+            return self._input.detach()
+        with torch.no_grad():
+            return self.parameterization(self._input.detach())
+
+    def _image(self, params: Tensor) -> Tensor:
+        """The image of ``params`` (the params themselves without a parameterization)."""
+        return params if self.parameterization is None else self.parameterization(params)
 
     def _evaluate(self, transformed: Tensor) -> Tensor:
         output = self.func(transformed)
@@ -221,7 +244,9 @@ class MEI:
         dropped = frozenset() if keep is None else _DROPPABLE.difference(keep)
         keep_transformed = "transformed_input" not in dropped
         keep_before = keep_transformed or "input_" not in dropped
-        input_before = x.detach().clone() if keep_before else None
+        pixels = self.parameterization is None
+        # with a parameterization, the step's image is a tensor of its own: kept as it is
+        input_before = x.detach().clone() if keep_before and pixels else None
         first: dict[str, Any] = {}
 
         def closure() -> Tensor:
@@ -241,7 +266,10 @@ class MEI:
                 loss = (-evaluation if reg_term is None else -evaluation + reg_term) * scale
                 loss = loss.sum()
             else:
-                transformed = self.transform(x, i) if self.transform is not None else x
+                image = self._image(x)
+                if not pixels:
+                    first.setdefault("image", image.detach())
+                transformed = self.transform(image, i) if self.transform is not None else image
                 if not isinstance(transformed, Tensor):
                     raise ComponentError(
                         f"transform returned a {type(transformed).__name__}, not a tensor"
@@ -263,11 +291,15 @@ class MEI:
                         f"{tuple(grad.shape)}, got {_describe(preconditioned)}"
                     )
                 x.grad = preconditioned
-            if not first:
+            if "evaluation" not in first:
                 first.update(
                     transformed=(
-                        _as_seen(transformed.detach(), x, input_before)
-                        if input_before is not None and keep_transformed
+                        None
+                        if not keep_transformed
+                        else transformed.detach()
+                        if not pixels
+                        else _as_seen(transformed.detach(), x, input_before)
+                        if input_before is not None
                         else None
                     ),
                     evaluation=evaluation.detach(),
@@ -288,28 +320,33 @@ class MEI:
 
         with torch.no_grad():
             if self.postprocessing is not None:
-                processed = self.postprocessing(x.detach(), i)
-                if not isinstance(processed, Tensor) or processed.shape != x.shape:
+                image = x.detach() if pixels else self._image(x.detach())
+                processed = self.postprocessing(image, i)
+                if not isinstance(processed, Tensor) or processed.shape != image.shape:
                     raise ComponentError(
                         f"postprocessing must return a tensor of the input's shape "
-                        f"{tuple(x.shape)}, got {_describe(processed)}"
+                        f"{tuple(image.shape)}, got {_describe(processed)}"
                     )
+                if not pixels:
+                    assert self.parameterization is not None  # not pixels
+                    processed = self.parameterization.from_image(processed)
                 x.copy_(processed)
             if self._frozen is not None:
                 mask, values = self._frozen
                 x.copy_(torch.where(mask, values, x))
             self._nonfinite |= ~torch.isfinite(first["evaluation"])
+            post_processed = None
+            if "post_processed_input" not in dropped:
+                post_processed = x.detach().clone() if pixels else self._image(x.detach())
 
         self.i_iter += 1
         return StepRecord(
             i_iter=i,
             evaluation=first["evaluation"],
             reg_term=first["reg_term"],
-            input_=None if "input_" in dropped else input_before,
+            input_=None if "input_" in dropped else first.get("image", input_before),
             transformed_input=first["transformed"],
-            post_processed_input=(
-                None if "post_processed_input" in dropped else x.detach().clone()
-            ),
+            post_processed_input=post_processed,
             grad=first["grad"],
             preconditioned_grad=first["preconditioned"],
             dropped=dropped,
@@ -342,7 +379,7 @@ class MEI:
         """The model's response to the current inputs, seen through the deterministic version
         of the transform (with transparency: composed over the background), ``(B,)``: the
         score of the MEIs as they are now."""
-        x = self._input.detach()
+        x = self.current_input
         if self.transparency:
             x = self._composite(x, self.i_iter, self._draw_background(x, self.i_iter)).float()
         elif self.transform is not None:
@@ -354,6 +391,7 @@ class MEI:
         parts = [
             f"func={self.func!r}",
             f"optimizer={type(self.optimizer).__name__}",
+            f"parameterization={self.parameterization!r}",
             f"transform={self.transform!r}",
             f"regularization={self.regularization!r}",
             f"precondition={self.precondition!r}",

@@ -1,7 +1,9 @@
 """Preconditioning: reshape the gradient before the optimizer step, ``(grad, i) -> Tensor``.
 
 Smoothing the gradient (GaussianBlur, FourierSmoothing) steers the optimization toward smooth
-images without penalizing them. All operations act on each batch element separately.
+images without penalizing them; TemporalBlur does the same along the time axis of movies
+``(B, C, T, H, W)`` (spatial ones act on every frame alike). All operations act on each batch
+element separately.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._components import Component, expand_like, per_element
+from ._components import Component, expand_like, per_element, require_movie
 
 
 @functools.lru_cache(maxsize=64)
@@ -103,6 +105,60 @@ class GaussianBlur(Component):
             if min(sigmas) <= 0:
                 return x
         return gaussian_blur(x, sigmas, self.truncate, self.pad_mode)
+
+
+def temporal_blur(
+    x: Tensor, sigma: float, truncate: float = 4.0, pad_mode: str = "replicate"
+) -> Tensor:
+    """Blur movies ``(B, C, T, H, W)`` along time (dimension 2) with a Gaussian of standard
+    deviation ``sigma`` frames, cut after ``truncate`` standard deviations. The kernel sums
+    to one: a movie constant in time stays as it is."""
+    require_movie("temporal_blur", x.shape)
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    frames = x.shape[2]
+    window = _gaussian_window(float(sigma), float(truncate), x.device, x.dtype)
+    half = len(window) // 2
+    if pad_mode == "reflect" and half >= frames:  # reflect padding needs half < frames
+        window = window[half - (frames - 1) : half + frames]
+        window = window / window.sum()
+        half = frames - 1
+    if half == 0:
+        return x
+    series = x.movedim(2, -1)  # (B, C, H, W, T)
+    flat = series.reshape(-1, 1, frames)
+    padded = F.pad(flat, (half, half), mode=pad_mode)
+    blurred = F.conv1d(padded, window.view(1, 1, -1))
+    return blurred.reshape(series.shape).movedim(-1, 2)
+
+
+class TemporalBlur(Component):
+    """Blur along time: a Gaussian low-pass of ``sigma`` frames on movies ``(B, C, T, H, W)``
+    (see :func:`temporal_blur`). As a precondition it smooths the gradient; the same object
+    fits the ``postprocessing`` and ``transform`` slots to low-pass the movie itself.
+    ``pad_mode``: 'replicate' (default), 'reflect', 'constant' or 'circular'. Images are
+    refused before the first step."""
+
+    def __init__(self, sigma: float, truncate: float = 4, pad_mode: str = "replicate"):
+        if sigma <= 0:
+            raise ValueError(f"sigma must be positive, got {sigma!r}")
+        if truncate <= 0:
+            raise ValueError(f"truncate must be positive, got {truncate!r}")
+        if pad_mode not in ("reflect", "replicate", "constant", "circular"):
+            raise ValueError(
+                "pad_mode must be 'reflect', 'replicate', 'constant' or 'circular', "
+                f"got {pad_mode!r}"
+            )
+        self.sigma = sigma
+        self.truncate = truncate
+        self.pad_mode = pad_mode
+
+    def check_shape(self, shape: Sequence[int]) -> None:
+        require_movie(type(self).__name__, shape)
+
+    def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
+        self.check_shape(x.shape)
+        return temporal_blur(x, self.sigma, self.truncate, self.pad_mode)
 
 
 def fourier_smoothing(x: Tensor, freq_exp: float) -> Tensor:

@@ -13,32 +13,52 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from ._components import Component, build, per_element
+from ._components import Component, build, check_shape, per_element, require_movie, use_group
 from .typing import Regularization
 
 
-def total_variation(x: Tensor, isotropic: bool = False, eps: float = 1e-8) -> Tensor:
-    """Total variation of each image in ``(B, C, H, W)`` (or ``(B, C, T, H, W)``), ``(B,)``.
+def total_variation(
+    x: Tensor, isotropic: bool = False, eps: float = 1e-8, temporal_weight: float = 0.0
+) -> Tensor:
+    """Total variation of each image in ``(B, C, H, W)`` (or movie ``(B, C, T, H, W)``: of
+    every frame, summed), ``(B,)``.
 
     Anisotropic: sum of ``|x[i+1, j] - x[i, j]| + |x[i, j+1] - x[i, j]|``. Isotropic: sum of
-    ``sqrt(dy**2 + dx**2)`` over the pixels where both neighbours exist.
+    ``sqrt(dy**2 + dx**2)`` over the pixels where both neighbours exist. ``temporal_weight``
+    (movies only) adds that weight times the sum of ``|x[t+1] - x[t]|`` over time.
     """
     dy = x[..., 1:, :] - x[..., :-1, :]
     dx = x[..., :, 1:] - x[..., :, :-1]
     if isotropic:
-        return per_element(torch.sqrt(dy[..., :, :-1] ** 2 + dx[..., :-1, :] ** 2 + eps)).sum(-1)
-    return per_element(dy.abs()).sum(-1) + per_element(dx.abs()).sum(-1)
+        tv = per_element(torch.sqrt(dy[..., :, :-1] ** 2 + dx[..., :-1, :] ** 2 + eps)).sum(-1)
+    else:
+        tv = per_element(dy.abs()).sum(-1) + per_element(dx.abs()).sum(-1)
+    if temporal_weight:
+        require_movie("total_variation(temporal_weight=...)", x.shape)
+        dt = x[:, :, 1:] - x[:, :, :-1]
+        tv = tv + temporal_weight * per_element(dt.abs()).sum(-1)
+    return tv
 
 
 class TotalVariation(Component):
-    """``weight`` times the total variation of each image: penalizes edges and noise."""
+    """``weight`` times the total variation of each image (of each frame of a movie):
+    penalizes edges and noise. ``temporal_weight`` (movies ``(B, C, T, H, W)`` only) adds
+    the variation over time with that weight, relative to the spatial terms."""
 
-    def __init__(self, weight: float = 1.0, isotropic: bool = False):
+    def __init__(self, weight: float = 1.0, isotropic: bool = False, temporal_weight: float = 0.0):
+        if temporal_weight < 0:
+            raise ValueError(f"temporal_weight must be >= 0, got {temporal_weight!r}")
         self.weight = weight
         self.isotropic = isotropic
+        self.temporal_weight = temporal_weight
+
+    def check_shape(self, shape: Sequence[int]) -> None:
+        if self.temporal_weight:
+            require_movie("TotalVariation(temporal_weight=...)", shape)
 
     def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
-        return self.weight * total_variation(x, self.isotropic)
+        tv = total_variation(x, self.isotropic, temporal_weight=self.temporal_weight)
+        return self.weight * tv
 
 
 class LpNorm(Component):
@@ -108,7 +128,50 @@ class WeightedSum(Component):
         self.regularizations: list[Regularization] = [build(r) for r in specs]
         self.weights = [float(w) for w in weights]
 
+    def check_shape(self, shape: Sequence[int]) -> None:
+        for regularization in self.regularizations:
+            check_shape(regularization, shape)
+
+    def use_group(self, group: int) -> None:
+        for regularization in self.regularizations:
+            use_group(regularization, group)
+
     def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
         step = cast(int, i_iteration)  # None (a call by hand) is passed on as it is
         terms = (w * r(x, step) for w, r in zip(self.weights, self.regularizations, strict=True))
         return cast(Tensor, sum(terms))  # never the start value 0: there is at least one term
+
+
+def diversity(x: Tensor, group: int) -> Tensor:
+    """The mean squared cosine similarity between the images of each group of ``group``
+    consecutive rows of ``x``, one value per group, ``(len(x) // group,)``: 0 when the
+    images are orthogonal, 1 when they are all the same pattern (or its negative)."""
+    if group < 2:
+        return x.new_zeros(len(x) // max(group, 1))
+    if len(x) % group:
+        raise ValueError(f"{len(x)} input rows do not split into groups of {group}")
+    rows = torch.nn.functional.normalize(x.reshape(len(x) // group, group, -1), dim=-1, eps=1e-12)
+    cosines = rows @ rows.transpose(1, 2)  # (B, group, group)
+    off_diagonal = ~torch.eye(group, dtype=torch.bool, device=x.device)
+    return (cosines[:, off_diagonal] ** 2).mean(-1)
+
+
+class Diversity(Component):
+    """``weight`` times the similarity of the several MEIs of one element (``n_meis``; see
+    :func:`diversity`): pushes them apart, so a neuron with several preferred stimuli shows
+    them all (lucent's diversity objective, on the transformed inputs). The engine tells the
+    component the group size; called by hand it treats the whole batch as one group, or
+    ``group`` rows per element when given."""
+
+    def __init__(self, weight: float = 1.0, group: int | None = None):
+        if group is not None and group < 1:
+            raise ValueError(f"group must be a positive int, got {group!r}")
+        self.weight = weight
+        self.group = group
+
+    def use_group(self, group: int) -> None:
+        self.group = group
+
+    def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
+        group = self.group if self.group is not None else len(x)
+        return self.weight * diversity(x, group)

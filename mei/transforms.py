@@ -1,6 +1,7 @@
 """Transforms: what the model sees of the input, ``transform(x, i_iteration) -> Tensor``.
 
-Transforms are differentiable and act on batches ``(B, C, H, W)``; random ones (Jitter,
+Transforms are differentiable and act on batches of images ``(B, C, H, W)`` or movies
+``(B, C, T, H, W)`` (spatial transforms act on every frame alike); random ones (Jitter,
 RandomCrop) draw each element's randomness from that element's own seeded generator. A
 transform may define ``final(x, i_iteration)``, the deterministic version used to score the finished MEI
 (Jitter: no shift; RandomCrop: the center crop).
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._components import Component, PerElementRandom, build
+from ._components import Component, PerElementRandom, build, check_shape
 from .typing import Transform
 
 
@@ -102,6 +103,7 @@ class Resize(Component):
     """Rescale images by ``scale_factor`` (new size = round(scale_factor * old size)).
 
     ``resize_method``: ``"bilinear"`` (default), ``"nearest"``, ``"bicubic"``, ``"area"``.
+    Movies ``(B, C, T, H, W)`` are resized frame by frame (the time axis is kept).
     """
 
     def __init__(self, scale_factor: float, resize_method: str = "bilinear"):
@@ -116,18 +118,27 @@ class Resize(Component):
         self.resize_method = resize_method
 
     def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
+        if x.dim() < 4:
+            raise ValueError(
+                f"Resize expects (B, C, H, W) or (B, C, T, H, W), got {tuple(x.shape)}"
+            )
         size = tuple(int(round(s * self.scale_factor)) for s in x.shape[-2:])
         align = False if self.resize_method in ("bilinear", "bicubic") else None
-        return F.interpolate(x, size=size, mode=self.resize_method, align_corners=align)
+        frames = x.reshape(len(x), -1, *x.shape[-2:])  # every frame of every channel alike
+        resized = F.interpolate(frames, size=size, mode=self.resize_method, align_corners=align)
+        return resized.reshape(*x.shape[:-2], *size)
 
 
 class GrayscaleToRGB(Component):
-    """Repeat the single channel of ``(B, 1, H, W)`` images three times."""
+    """Repeat the single channel of ``(B, 1, H, W)`` images (or ``(B, 1, T, H, W)`` movies)
+    three times."""
 
     def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != 1:
-            raise ValueError(f"GrayscaleToRGB expects (B, 1, H, W), got {tuple(x.shape)}")
-        return x.expand(-1, 3, -1, -1)
+        if x.dim() not in (4, 5) or x.shape[1] != 1:
+            raise ValueError(
+                f"GrayscaleToRGB expects (B, 1, H, W) or (B, 1, T, H, W), got {tuple(x.shape)}"
+            )
+        return x.expand(-1, 3, *([-1] * (x.dim() - 2)))
 
 
 class ChangeRange(Component):
@@ -154,6 +165,10 @@ class Compose(Component):
         for transform in self.transforms:
             x = transform(x, step)
         return x
+
+    def check_shape(self, shape: Sequence[int]) -> None:
+        for transform in self.transforms:
+            check_shape(transform, shape)  # each part sees the input (a bound is enough)
 
     def reseed(self, seeds: Sequence[int]) -> None:
         for transform in self.transforms:

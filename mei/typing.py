@@ -6,7 +6,7 @@ batch is one independent MEI. ``i_iteration`` is the 0-based step index.
 
 Pipeline of one step::
 
-    input -> transform -> model -> (evaluation - regularization) -> backward
+    (params -> parameterization ->) input -> transform -> model -> (evaluation - regularization) -> backward
           -> precondition(grad) -> optimizer.step -> postprocess(input) -> stopper -> tracker
 """
 
@@ -30,6 +30,7 @@ __all__ = [
     "Model",
     "Objective",
     "OptimizerFactory",
+    "Parameterization",
     "PostProcessing",
     "Precondition",
     "Regularization",
@@ -47,6 +48,17 @@ class InitialGuess(Protocol):
     """
 
     def __call__(self, *shape: int, generator: torch.Generator | None = None) -> Tensor: ...
+
+
+@runtime_checkable
+class Parameterization(Protocol):
+    """What the optimizer changes: ``parameterization(params) -> image``, differentiable,
+    and ``from_image(image) -> params`` back (for the initial guess and after postprocessing).
+    The batch stays the first dimension. Without one, the optimizer changes the image."""
+
+    def __call__(self, params: Tensor, /) -> Tensor: ...
+
+    def from_image(self, image: Tensor, /) -> Tensor: ...
 
 
 @runtime_checkable

@@ -13,7 +13,10 @@ there is one) a CUDA device, checking that
 
 5-D inputs: a case either works, raises a clear error (``five_d="raises"`` with the expected
 message), or is recorded as unsupported with an unclear error (``five_d="unclear"``: the 5-D
-tests are strict xfails, so they start failing once 5-D support arrives).
+tests are strict xfails, so they start failing once 5-D support arrives). A component that
+acts on the time axis of movies refuses images (``four_d="raises"``). A refusing component
+refuses twice: when called, and when the engine asks its ``check_shape`` before the first
+step.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class Case:
     kwargs: dict[str, Any] = field(default_factory=dict)
     five_d: str = "works"  # "works", "raises" (a clear error: ``error``) or "unclear"
     error: str = ""
+    four_d: str = "works"  # "works" or "raises" (``error``)
     name: str = ""
 
     @property
@@ -98,11 +102,15 @@ class ComponentTester:
         return component(x, I_ITERATION)
 
     def raises_clearly(self, case: Case, ndim: int, x: torch.Tensor) -> bool:
-        """For a case that refuses 5-D inputs: check its error and return True."""
-        if ndim != 5 or case.five_d != "raises":
+        """For a case that refuses inputs of ``ndim`` dimensions: check its errors (from the
+        call and from ``check_shape``) and return True."""
+        refused = {4: case.four_d, 5: case.five_d}[ndim] == "raises"
+        if not refused:
             return False
         with pytest.raises((ValueError, NotImplementedError), match=case.error):
             self.call(case.build(), x, SEEDS[: len(x)])
+        with pytest.raises(ValueError, match=case.error):
+            case.build().check_shape(tuple(x.shape))
         return True
 
     @pytest.mark.parametrize("device", DEVICES)

@@ -3,6 +3,8 @@
 EvaluationThreshold is the seed documentation's custom stopper, verbatim in behaviour.
 """
 
+import torch
+
 from mei.stoppers import OptimizationStopper
 
 
@@ -35,3 +37,27 @@ def legacy_initial():
 
 
 not_callable = 42
+
+
+class SeenInput:
+    """Logs, at every step, the input the model saw and the input after the step."""
+
+    def __call__(self, state):
+        return state.transformed_input, state.post_processed_input
+
+
+class ReachCosine(OptimizationStopper):
+    """Stops at the first step whose input has cosine >= ``threshold`` with a Gabor filter
+    (the stopper output is that cosine), or after ``max_steps`` steps."""
+
+    def __init__(self, threshold=0.95, max_steps=300, size=21):
+        from models import gabor
+
+        self.threshold = threshold
+        self.max_steps = max_steps
+        self._target = gabor(size).flatten()
+
+    def __call__(self, state):
+        x = state.post_processed_input.flatten()
+        cosine = float(torch.nn.functional.cosine_similarity(x, self._target, dim=0))
+        return cosine >= self.threshold or state.i_iter + 1 >= self.max_steps, cosine

@@ -66,3 +66,73 @@ def base_config(**overrides):
     }
     config.update(overrides)
     return config
+
+
+def biphasic(frames=8):
+    """A retina-like temporal kernel: a positive lobe late, a smaller negative one earlier."""
+    t = torch.arange(frames, dtype=torch.float32)
+    late = torch.exp(-((t - (frames - 2)) ** 2) / 2.0)
+    early = 0.6 * torch.exp(-((t - (frames - 5)) ** 2) / 2.0)
+    return late - early
+
+
+class SeparableVideoNeurons(nn.Module):
+    """Neurons whose filters are separable in space and time, ``f_n(t) * g_n(y, x)``, slid
+    over the time axis of movies ``(B, 1, T, H, W)``: responses ``(B, T - frames + 1, N)``
+    (open-retina's layout), rectified by a softplus unless ``linear``."""
+
+    def __init__(self, frames=8, size=15, thetas=(0.6,), linear=False):
+        super().__init__()
+        spatial = torch.stack([gabor(size, sigma=2.5, theta=t, wavelength=6.0) for t in thetas])
+        temporal = biphasic(frames)
+        kernels = temporal[None, :, None, None] * spatial[:, None]  # (N, T, H, W)
+        self.register_buffer("kernels", kernels[:, None])  # (N, 1, T, H, W)
+        self.linear = linear
+
+    def forward(self, x):
+        out = nn.functional.conv3d(x, self.kernels)  # (B, N, T', 1, 1)
+        out = out.flatten(2).transpose(1, 2)  # (B, T', N)
+        return out if self.linear else nn.functional.softplus(out)
+
+
+class TwoStimulusNeuron(nn.Module):
+    """A neuron with two preferred stimuli: a soft maximum of its responses to two orthogonal
+    Gabors, ``log(exp(k a.x) + exp(k bias b.x)) / k`` (``bias`` > 1 prefers ``b``)."""
+
+    def __init__(self, size=15, k=0.5, bias=1.3):
+        super().__init__()
+        a = gabor(size, sigma=2.5, theta=0.0, wavelength=6.0)
+        b = gabor(size, sigma=2.5, theta=torch.pi / 2, wavelength=6.0)
+        self.register_buffer("stimuli", torch.stack([a / a.norm(), b / b.norm()])[:, None])
+        self.k, self.bias = k, bias
+
+    def forward(self, x):
+        drive = x.flatten(1) @ self.stimuli.flatten(1).T  # (B, 2)
+        drive = drive * torch.tensor([1.0, self.bias], device=x.device)
+        return torch.logsumexp(self.k * drive, dim=1, keepdim=True) / self.k
+
+
+class TwoCellTypes(nn.Module):
+    """``n`` rectified linear neurons of two cell types: type ``t`` has the Gabor filter
+    ``filters[t]``, each neuron its own gain and a little noise of its own in its weights.
+    Neurons ``0 .. n/2 - 1`` are type 0, the rest type 1."""
+
+    def __init__(self, n=12, size=15, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        filters = torch.stack(
+            [
+                gabor(size, sigma=2.5, theta=0.3, wavelength=6.0),
+                gabor(size, sigma=2.5, theta=1.9, wavelength=6.0, phase=1.0),
+            ]
+        )
+        filters = filters / filters.flatten(1).norm(dim=1)[:, None, None]
+        self.register_buffer("filters", filters[:, None])  # (2, 1, H, W)
+        self.types = [0] * (n // 2) + [1] * (n - n // 2)
+        gains = 0.5 + torch.rand(n, generator=g)
+        noise = 0.2 * torch.randn(n, size * size, generator=g) / size
+        weights = filters.flatten(1)[self.types] * gains[:, None] + noise
+        self.register_buffer("weights", weights)
+
+    def forward(self, x):
+        return nn.functional.softplus(x.flatten(1) @ self.weights.T)

@@ -252,3 +252,28 @@ def test_batched_elements_with_their_own_seeds_follow_their_own_streams():
         model = ConstrainedOutputModel(net, unit, forward_kwargs=kwargs)
         single = gradient_ascent(cases.dataloaders(), model, config, seed)
         assert (mei - single[0]).abs().max() <= 1e-5 and abs(score - single[1]) <= 1e-5
+
+
+def test_legacy_paths_take_infinite_bounds_as_the_original_did():
+    clip = {"path": "mei.legacy.ops.ClipRange", "kwargs": {"x_min": -1.0, "x_max": float("inf")}}
+    mei, _, _ = gradient_ascent(
+        None,
+        ConstrainedOutputModel(LinearNeurons(), 0),
+        base_config(postprocessing=clip),
+        0,
+        shape=SHAPE,
+    )
+    assert mei.min() >= -1.0
+    with pytest.raises(ConfigError, match="finite number, got nan"):
+        resolve_config(
+            base_config(postprocessing={**clip, "kwargs": {"x_min": float("nan"), "x_max": 1.0}})
+        )
+    with pytest.raises(ConfigError, match="finite number, got inf"):
+        resolve_config(
+            base_config(
+                postprocessing={
+                    "path": "mei.postprocessing.ClipRange",
+                    "kwargs": {"x_min": -1.0, "x_max": float("inf")},
+                }
+            )
+        )

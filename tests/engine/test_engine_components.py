@@ -144,7 +144,9 @@ def test_transforms_shapes_and_determinism():
     x = _batch(shape=(2, 1, 12, 10))
     assert transforms.Identity()(x, 0) is x
     assert transforms.GrayscaleToRGB()(x, 0).shape == (2, 3, 12, 10)
-    with pytest.raises(ValueError, match=r"expects \(B, 1, H, W\), got \(3, 2, 12, 10\)"):
+    with pytest.raises(
+        ValueError, match=r"expects \(B, 1, H, W\) or \(B, 1, T, H, W\), got \(3, 2, 12, 10\)"
+    ):
         transforms.GrayscaleToRGB()(_batch(), 0)
     assert transforms.Resize(0.5)(x, 0).shape == (2, 1, 6, 5)
     changed = transforms.ChangeRange(-1, 2)(x, 0)
