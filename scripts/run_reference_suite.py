@@ -243,11 +243,11 @@ def main() -> int:
         for (g, reason), rc in sorted(reasons.items()):
             if g == group and reason:
                 print(f"      {rc.total():3d} ({rc['passed']} pass)  {reason}")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     if failed_a and not args.reference:
         print("public behaviour that fails against mei:", *failed_a, sep="\n  ")
         return 1
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
