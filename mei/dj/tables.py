@@ -218,9 +218,15 @@ class CSRFV1ObjectiveTemplateMixin(_Table):
         return self.definition_template.format(**backend().types)
 
     @property
-    def key_source(self) -> Any:
-        """The datasets made by :attr:`dataset_fn`."""
+    def _key_source(self) -> Any:
+        """The datasets made by :attr:`dataset_fn`, under DataJoint's own hook name, as in the
+        original: a lab's subclass may narrow it with ``super()._key_source & ...``."""
         return self.dataset_table() & {"dataset_fn": self.dataset_fn}
+
+    @property
+    def key_source(self) -> Any:
+        """The datasets made by :attr:`dataset_fn` (:attr:`_key_source`)."""
+        return self._key_source
 
     def make(self, key: Key, get_mappings: Any = get_mappings) -> None:
         """Insert one row per neuron of the dataset ``key`` (read by ``get_mappings``)."""
@@ -469,6 +475,8 @@ class MEITemplateMixin(_Table):
             if isinstance(cache_size_limit, bool) or int(cache_size_limit) < 0:
                 raise ValueError(f"cache_size_limit must be >= 0, got {cache_size_limit!r}")
             self.cache_size_limit = int(cache_size_limit)
+        if getattr(self, "trained_model_table", None) is not None:
+            self.model_loader  # made with the table object, as in the original  # noqa: B018
 
     @property
     def definition(self) -> str:
@@ -476,8 +484,9 @@ class MEITemplateMixin(_Table):
 
     @property
     def model_loader(self) -> Any:
-        """The model cache of this table object, made on first use (a :class:`ModelLoader`
-        of ``trained_model_table``, unless ``model_loader_class`` says otherwise)."""
+        """The model cache of this table object, made with it (on first use where
+        ``trained_model_table`` is not set yet): a :class:`ModelLoader` of
+        ``trained_model_table``, unless ``model_loader_class`` says otherwise."""
         loader = self.__dict__.get("_model_loader")
         if loader is None:
             loader = self.model_loader_class(

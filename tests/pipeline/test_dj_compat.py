@@ -31,7 +31,7 @@ from mei.dj.populate import check_devices
 from mei.dj.worker import run_worker
 from mei.errors import ConfigError, DeviceUnavailableError, MEIError
 from mei.integration import ModelLoader
-from mei.main import MEITemplate
+from mei.main import CSRFV1ObjectiveTemplate, MEITemplate
 from mei.methods import gradient_ascent
 
 RECORDING = "run_path_lab.recording_method"
@@ -309,10 +309,15 @@ def test_mei_table_cache_size_limit_and_loader_class(path_lab, mei_main):
     path_lab.MEI().delete_quick()
     path_lab.MEI.model_loader_class = OriginalLoader
     try:
-        path_lab.MEI(cache_size_limit=3).populate()
+        table = path_lab.MEI(cache_size_limit=3)
+        # made with the table object, as the original did, not on first use
+        assert made == [(path_lab.TrainedEnsembleModel, 3)]
+        assert isinstance(table.model_loader, OriginalLoader)
+        table.populate()
     finally:
         del path_lab.MEI.model_loader_class
-    assert made == [(path_lab.TrainedEnsembleModel, 3)]
+    assert made == [(path_lab.TrainedEnsembleModel, 3)]  # populate used that one
+    assert len(path_lab.MEI()) == run_path_lab.N_UNITS
     assert len(path_lab.MEI()) == run_path_lab.N_UNITS
 
 
@@ -366,6 +371,36 @@ def test_csrf_v1_objective_selects_the_neuron_of_its_session(schema, mei_main, t
         other_session = next(s for s in compat_lab.SESSIONS if s != row["session_id"])
         other_weight = model.readouts[other_session].weight[row["neuron_position"]].detach()
         assert torch.nn.functional.cosine_similarity(mei, other_weight, dim=0) < 0.9
+
+
+def test_csrf_v1_key_source_is_datajoints_hook_a_lab_may_narrow(schema, mei_main, tmp_path):
+    lab = compat_lab.declare_csrf(schema)
+    datafiles = compat_lab.write_datafiles(tmp_path)
+    for fn, digit, files in [
+        ("csrf_v1", "a", datafiles),
+        ("csrf_v1", "c", ["/no/such/file"]),  # reading it would fail
+        ("other_loader", "b", ["/no/such/file"]),
+    ]:
+        lab.Dataset.insert1(
+            {"dataset_fn": fn, "dataset_hash": digit * 32, "dataset_config": {"datafiles": files}}
+        )
+    csrf = {("csrf_v1", "a" * 32), ("csrf_v1", "c" * 32)}
+    for source in (lab.CSRFV1Objective()._key_source, lab.CSRFV1Objective().key_source):
+        assert {(k["dataset_fn"], k["dataset_hash"]) for k in backend().keys(source)} == csrf
+
+    @schema
+    class OnlyA(CSRFV1ObjectiveTemplate):  # the original's idiom: narrow DataJoint's hook
+        dataset_table = lab.Dataset
+
+        @property
+        def _key_source(self):
+            return super()._key_source & {"dataset_hash": "a" * 32}
+
+    assert [k["dataset_hash"] for k in backend().keys(OnlyA().key_source)] == ["a" * 32]
+    OnlyA().populate()  # the unreadable csrf_v1 dataset "c" is not read
+    rows = backend().to_dicts(OnlyA())
+    assert len(rows) == sum(map(len, compat_lab.SESSIONS.values()))
+    assert {r["dataset_hash"] for r in rows} == {"a" * 32}
 
 
 # --------------------------------------------------------------------------- several MEIs
