@@ -241,7 +241,7 @@ def compute_key(table: Any, key: Key, fetched: Sequence[Any]) -> Result:
     """
     method_fn, _, seed = fetched
     dataloaders, model = table.model_loader.load(key)
-    model = table.selector_table().get_output_selected_model(model, key)
+    model = selected_model(table.selector_table(), model, key)
     with device_override(table.device):
         entity = table.method_table().generate_mei(dataloaders, model, dict(key), int(seed))
     if not isinstance(entity, Mapping) or not {"mei", "score", "output"} <= set(entity):
@@ -250,6 +250,20 @@ def compute_key(table: Any, key: Key, fetched: Sequence[Any]) -> Result:
             f"{type(entity).__name__} for key {dict(key)!r}"
         )
     return check_result(method_fn, (entity["mei"], entity["score"], entity["output"]), key)
+
+
+def selected_model(selector: Any, model: Any, key: Key) -> Any:
+    """``selector.get_output_selected_model(model, key)``; selector tables written for the
+    original library between 2020 and 2024 call it ``get_objective``."""
+    select = getattr(selector, "get_output_selected_model", None)
+    if select is None:
+        select = getattr(selector, "get_objective", None)
+    if select is None:
+        raise ComponentError(
+            f"the selector table {type(selector).__name__} has no "
+            "get_output_selected_model(model, key) (nor the older get_objective)"
+        )
+    return select(model, key)
 
 
 def _same_function(a: Any, b: Any) -> bool:
@@ -310,7 +324,7 @@ def _compute_batched(table: Any, keys: Sequence[Key], fetched: Fetched) -> list[
         return None
     dataloaders, model = table.model_loader.load(keys[0])
     selector = table.selector_table()
-    plan = _batch_plan(model, [selector.get_output_selected_model(model, k) for k in keys])
+    plan = _batch_plan(model, [selected_model(selector, model, k) for k in keys])
     if plan is None:
         return None
     target_fn, forward_kwargs, units = plan

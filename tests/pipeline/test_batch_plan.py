@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import pytest
 import torch
 
 from mei.dj.run import _batch_plan
@@ -27,3 +28,21 @@ def test_partials_of_one_target_with_equal_arguments_share_a_run():
     session = ConstrainedOutputModel(model, 1, selected[0].target_fn, {"data_key": "b"})
     assert _batch_plan(model, [*selected, session]) is None
     assert _batch_plan(model, [ConstrainedOutputModel(model, [0, 1])]) is None  # two units
+
+
+def test_a_selector_with_the_older_get_objective_is_used():
+    from mei.dj.run import selected_model
+    from mei.errors import ComponentError
+
+    class OlderSelector:
+        def get_objective(self, model, key):
+            return ConstrainedOutputModel(model, key["unit"])
+
+    class NoSelection:
+        pass
+
+    model = torch.nn.Linear(4, 3)
+    chosen = selected_model(OlderSelector(), model, {"unit": 2})
+    assert chosen.constraint == 2 and chosen.model is model
+    with pytest.raises(ComponentError, match="get_output_selected_model.*get_objective"):
+        selected_model(NoSelection(), model, {"unit": 2})
