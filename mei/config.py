@@ -12,6 +12,11 @@ A config maps component keys to entries ``{"path": "dotted.path", "kwargs": {...
         "objectives": [{"path": "mei.objectives.EvaluationObjective", "kwargs": {"interval": 10}}],
     }
 
+The optional ``response`` entry changes the model for the run instead of the input: its path
+is called with the model a unit-selecting wrapper holds, ``response(model, **kwargs)``, and
+the wrapper selects units of what it returns; e.g. ``mei.modules.TimeWindowResponse`` reduces
+a video model's responses ``(B, T, N)`` over a window of frames before the unit is selected.
+
 :func:`resolve_config` checks everything before the first step: known keys, required
 components present, every path imports, the kwargs are accepted and the object it builds is
 callable, numbers in the kwargs are finite ints or floats, a kwarg whose parameter is annotated
@@ -57,6 +62,7 @@ T = TypeVar("T")
 
 REQUIRED_KEYS = ("device", "initial", "optimizer", "stopper")
 OPTIONAL_KEYS = (
+    "response",
     "parameterization",
     "transform",
     "regularization",
@@ -99,6 +105,8 @@ SLOTS: dict[str, tuple[type, str]] = {
     "stopper": (Stopper, "stopper(state) -> (stop, output)"),
     "objectives": (Objective, "objective(state) -> value"),
 }
+#: How the ``response`` entry is called: it wraps the model, it is not a slot of the loop.
+RESPONSE_CALL = "response(model, **kwargs) -> torch.nn.Module"
 
 #: Optimizers whose update of each tensor element depends only on that element's gradient
 #: history: a batch of MEIs optimized together gives each MEI exactly its own result.
@@ -129,9 +137,9 @@ class ComponentSpec(Generic[T]):
     kwargs: dict[str, Any]
     factory: Callable[..., T] = field(repr=False)
 
-    def build(self, **extra: Any) -> T:
+    def build(self, *args: Any, **extra: Any) -> T:
         try:
-            return self.factory(**extra, **copy.deepcopy(self.kwargs))
+            return self.factory(*args, **extra, **copy.deepcopy(self.kwargs))
         except Exception as e:
             raise ConfigError(f"{type(e).__name__}: {e}", key=self.key, path=self.path) from e
 
@@ -145,6 +153,7 @@ class MethodConfig:
     initial: ComponentSpec[InitialGuess | Callable[..., Tensor]]
     optimizer: ComponentSpec[torch.optim.Optimizer]
     stopper: ComponentSpec[Stopper]
+    response: ComponentSpec[nn.Module] | None = None
     parameterization: ComponentSpec[Parameterization] | None = None
     transform: ComponentSpec[Transform] | None = None
     regularization: ComponentSpec[Regularization] | None = None
@@ -184,6 +193,7 @@ class MethodConfig:
         if self.transparency:
             reasons.append("transparency composes each MEI over its own background")
         for spec in (
+            self.response,
             self.parameterization,
             self.transform,
             self.regularization,
@@ -492,6 +502,12 @@ def _resolve_entry(key: str, entry: Any) -> ComponentSpec[Any]:
         raise ConfigError(f"does not import: {e}", key=key, path=path) from None
     if not callable(factory):
         raise ConfigError(f"{type(factory).__name__} object is not callable", key=key, path=path)
+    if key == "response" and "model" in kwargs:
+        raise ConfigError(
+            "'model' is not a kwarg here: the run passes the model the selecting wrapper holds",
+            key=key,
+            path=path,
+        )
     names = list(kwargs) + (["params"] if key == "optimizer" else [])
     rejected = _accepts(factory, names)
     if rejected:
@@ -516,6 +532,9 @@ def _check_built(spec: ComponentSpec[Any]) -> None:
                 path=spec.path,
             )
         return
+    if spec.key == "response":
+        _check_response(spec)
+        return
     component = spec.build()
     if not callable(component):
         raise ConfigError(
@@ -531,6 +550,19 @@ def _check_built(spec: ComponentSpec[Any]) -> None:
         raise ConfigError(
             f"built a {type(component).__name__}, which does not fit the "
             f"{SLOTS[slot][1].partition('(')[0]} slot {SLOTS[slot][1]}: {'; '.join(problems)}",
+            key=spec.key,
+            path=spec.path,
+        )
+
+
+def _check_response(spec: ComponentSpec[Any]) -> None:
+    """Build the response around a stand-in model: it must take the model as its first
+    argument and be a module (it becomes part of the model for the run)."""
+    wrapped = spec.build(nn.Identity())
+    if not isinstance(wrapped, nn.Module):
+        raise ConfigError(
+            f"built a {type(wrapped).__name__}, which is not a torch.nn.Module: the response "
+            f"entry is called as {RESPONSE_CALL}",
             key=spec.key,
             path=spec.path,
         )

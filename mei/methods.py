@@ -19,7 +19,13 @@ from torch import Tensor, nn
 from ._components import check_shape
 from .config import ComponentSpec, MethodConfig, check_seed, resolve_config, validate_config
 from .errors import ComponentError, ConfigError, InputError
-from .modules import ConstrainedOutputModel, FirstCallCheck, UnitPerElement
+from .modules import (
+    ConstrainedOutputModel,
+    FirstCallCheck,
+    NotAWrapperError,
+    UnitPerElement,
+    wrap_inner,
+)
 from .optimization import MEI, optimize
 from .progress import progress_bar
 from .tracking import Tracker
@@ -329,6 +335,52 @@ def _check_shapes(
             raise ConfigError(str(e), key=key, path=spec.path) from None
 
 
+def with_response(model: Model, method: MethodConfig) -> Model:
+    """``model`` with the config's ``response`` between the unit-selecting wrapper and the
+    model it holds (a copy: ``model`` is not changed); ``model`` itself without one.
+
+    ``ConstrainedOutputModel(video_model, unit)`` becomes
+    ``ConstrainedOutputModel(response(video_model, **kwargs), unit)``: the responses are
+    reduced before the unit is selected. Raises :class:`~mei.errors.ConfigError` (key
+    ``response``) for a model that is no such wrapper (see :func:`mei.modules.wrap_inner`), or
+    whose inner model already is what the response builds.
+    """
+    spec = method.response
+    if spec is None:
+        return model
+
+    def wrap(inner: nn.Module) -> nn.Module:
+        wrapped = spec.build(inner)
+        if isinstance(inner, type(wrapped)):
+            raise ConfigError(
+                f"the model already reduces its responses with a {type(inner).__name__}: "
+                "remove the config's response entry or that wrapper",
+                key=spec.key,
+                path=spec.path,
+            )
+        return wrapped
+
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"the model is a {type(model).__name__}, not a torch.nn.Module that selects units",
+            key=spec.key,
+            path=spec.path,
+        )
+    try:
+        return wrap_inner(model, wrap)
+    except NotAWrapperError:
+        raise ConfigError(
+            f"the response must be applied before the unit is selected, and the model is a "
+            f"{type(model).__name__}, which selects no units of a model it holds: pass "
+            "mei.modules.ConstrainedOutputModel(model, unit) (or UnitPerElement, "
+            "ClusterContrast, ContrastiveOutputModel, or a module whose class names the "
+            "attribute holding its model in inner_models = ('model',)); "
+            "gradient_ascent_units takes the model itself",
+            key=spec.key,
+            path=spec.path,
+        ) from None
+
+
 def run_batch(
     method: MethodConfig,
     model: Model,
@@ -344,8 +396,11 @@ def run_batch(
     ``seeds[b]``. The input shape is ``shape`` (the config's ``mei_shape`` wins), or what
     ``read_shape`` (which reads the dataloaders) gives; ``read_shape`` is called in each
     element's seeded stream even when the shape is known, as the original library did.
+    With a ``response`` entry, ``model`` is a unit-selecting wrapper and the run uses a copy of
+    it with the response inside (:func:`with_response`).
     """
     device = method.device
+    model = with_response(model, method)
     seeds = [check_seed(s, f"seeds[{b}]") for b, s in enumerate(seeds)]
     if method.mei_shape is not None:
         shape = _normalize_shape(method.mei_shape)
@@ -507,7 +562,9 @@ def gradient_ascent_units(
     whose MEIs cannot share a run and still each equal its single run (see
     :meth:`mei.config.MethodConfig.batch_blockers`: an optimizer that couples tensor
     elements such as LBFGS, ``n_meis > 1``, transparency, a component that does not declare
-    that it acts per element) is run one unit at a time; the log says why.
+    that it acts per element) is run one unit at a time; the log says why. With a
+    ``response`` entry in the config (e.g. ``mei.modules.TimeWindowResponse``), ``model`` may
+    give responses over time, ``(B, T, N)``: they are reduced before each unit is selected.
     """
     method = resolve_config(config)
     units = [int(u) for u in units]
@@ -555,6 +612,7 @@ __all__ = [
     "get_input_dimensions",
     "get_input_shape",
     "run_batch",
+    "with_response",
     "ConfigError",
 ]
 

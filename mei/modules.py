@@ -1,9 +1,16 @@
 """Model wrappers: select one output unit, average an ensemble, select one unit per element,
 reduce a video model's responses over a time window, contrast clusters of units; check a
-model's first response."""
+model's first response.
+
+The wrappers that select units of a model name the attribute(s) holding that model in
+``inner_models``; :func:`wrap_inner` puts something between a wrapper and its model (the
+config's ``response`` entry does so for a run: it reduces a video model's responses over time
+before the unit is selected).
+"""
 
 from __future__ import annotations
 
+import copy
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
@@ -41,6 +48,10 @@ class ConstrainedOutputModel(nn.Module):
     changed by one; keyword arguments given at call time are added to a copy.
     """
 
+    inner_models: tuple[str, ...] = ("model",)
+    """The attributes holding the model whose units this wrapper selects (see
+    :func:`wrap_inner`)."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -67,6 +78,8 @@ class ContrastiveOutputModel(nn.Module):
     """The difference of two models' responses of one unit:
     ``target_fn((model1(x) - model2(x))[:, constraint])`` (the original library's wrapper;
     both get ``forward_kwargs``)."""
+
+    inner_models: tuple[str, ...] = ("model1", "model2")
 
     def __init__(
         self,
@@ -125,8 +138,12 @@ class TimeWindowResponse(nn.Module):
     frames); ``reduce="mean"`` averages them (open-retina's slice-mean response reducer),
     ``"sum"`` adds them (the frame-sum objective of sinzlab/mei forks' ``frames_maximize``).
     Wrap the model before selecting units (``ConstrainedOutputModel(TimeWindowResponse(m,
-    start=-10), unit)``); keyword arguments are passed to ``model``.
+    start=-10), unit)``), or name it in a method config's ``response`` entry, which does that
+    for the run; keyword arguments are passed to ``model``.
     """
+
+    elementwise = True
+    """Each element's response is reduced on its own (batched runs equal single runs)."""
 
     def __init__(
         self,
@@ -182,6 +199,8 @@ class ClusterContrast(nn.Module):
     only, so the stimuli of all clusters are optimized in one batched run.
     ``forward_kwargs`` are passed to ``model``.
     """
+
+    inner_models: tuple[str, ...] = ("model",)
 
     def __init__(
         self,
@@ -241,6 +260,8 @@ class UnitPerElement(nn.Module):
     it, and must give one value.
     """
 
+    inner_models: tuple[str, ...] = ("model",)
+
     def __init__(
         self,
         model: nn.Module,
@@ -276,6 +297,38 @@ class UnitPerElement(nn.Module):
 
     def extra_repr(self) -> str:
         return f"units={self.units!r}"
+
+
+class NotAWrapperError(TypeError):
+    """:func:`wrap_inner` was given a model that declares no ``inner_models``."""
+
+
+def wrap_inner(model: nn.Module, wrap: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """A copy of the wrapper ``model`` whose inner model(s) are ``wrap(inner)``.
+
+    ``model`` is a wrapper that selects units of (or contrasts) the models in the attributes
+    its class names in ``inner_models``: :class:`ConstrainedOutputModel`,
+    :class:`UnitPerElement`, :class:`ClusterContrast` (``"model"``),
+    :class:`ContrastiveOutputModel` (``"model1"``, ``"model2"``), or a lab's own class that
+    declares the attribute. The copy shares everything else with ``model`` (the inner models
+    themselves, buffers, ``target_fn``; ``forward_kwargs`` is copied), and ``model`` is not
+    changed. Raises :class:`NotAWrapperError` for a model without ``inner_models``.
+    """
+    names = getattr(type(model), "inner_models", None)
+    if not isinstance(model, nn.Module) or not names:
+        raise NotAWrapperError(
+            f"{type(model).__name__} does not declare the attribute(s) holding the model whose "
+            "units it selects (inner_models)"
+        )
+    clone = copy.copy(model)  # a new __dict__ holding the same values
+    state = clone.__dict__
+    for registry in ("_parameters", "_buffers", "_modules"):
+        state[registry] = dict(state[registry])  # the copy's own: setting a module below
+    if isinstance(state.get("forward_kwargs"), dict):
+        state["forward_kwargs"] = dict(state["forward_kwargs"])
+    for name in names:
+        setattr(clone, name, wrap(getattr(model, name)))
+    return clone
 
 
 class FirstCallCheck:
