@@ -568,8 +568,11 @@ def _check_response(spec: ComponentSpec[Any]) -> None:
         )
 
 
-def resolve_config(config: Mapping[str, Any], *, check_device: bool = True) -> MethodConfig:
-    """Validate ``config`` and return its :class:`MethodConfig` (see the module docstring).
+def resolve_config(
+    config: Mapping[str, Any] | MethodConfig, *, check_device: bool = True
+) -> MethodConfig:
+    """Validate ``config`` and return its :class:`MethodConfig` (see the module docstring);
+    a :class:`MethodConfig` is returned as it is.
 
     ``check_device=False`` checks everything but whether the named device exists here.
     """

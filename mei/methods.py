@@ -242,7 +242,7 @@ def _element_streams(
 
 
 @contextlib.contextmanager
-def _prepared_model(model: Model, device: torch.device) -> Iterator[None]:
+def prepared_model(model: Model, device: torch.device) -> Iterator[None]:
     """Eval mode and frozen parameters for the run; both restored afterwards.
 
     The model is moved to ``device`` if its parameters are elsewhere (it stays there).
@@ -413,7 +413,7 @@ def run_batch(
         start = torch.cat((start, alpha), dim=1)
     single = len(seeds) == 1 and method.rng == "original"
     with (
-        _prepared_model(model, device),
+        prepared_model(model, device),
         torch.random.fork_rng(devices=_rng_devices(device)),
         progress_bar(
             total=getattr(method.stopper.build(), "steps", None),
@@ -611,6 +611,7 @@ __all__ = [
     "get_dims_for_loader_dict",
     "get_input_dimensions",
     "get_input_shape",
+    "prepared_model",
     "run_batch",
     "with_response",
     "ConfigError",
