@@ -7,9 +7,11 @@ kept them, and stays their public address. Importing it connects to nothing.
 from .dj.templates import (
     CSRFV1ObjectiveTemplate,
     CSRFV1SelectorTemplate,
+    MDSTemplate,
     MEIMethod,
     MEISeed,
     MEITemplate,
+    NeuronSetTemplate,
     TrainedEnsembleModelTemplate,
     activate,
     schema,
@@ -18,9 +20,11 @@ from .dj.templates import (
 __all__ = [
     "CSRFV1ObjectiveTemplate",
     "CSRFV1SelectorTemplate",
+    "MDSTemplate",
     "MEIMethod",
     "MEISeed",
     "MEITemplate",
+    "NeuronSetTemplate",
     "TrainedEnsembleModelTemplate",
     "activate",
     "schema",

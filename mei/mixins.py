@@ -12,9 +12,11 @@ from .dj.run import (
 )
 from .dj.tables import (
     CSRFV1ObjectiveTemplateMixin,
+    MDSTemplateMixin,
     MEIMethodMixin,
     MEISeedMixin,
     MEITemplateMixin,
+    NeuronSetTemplateMixin,
     RequiredLink,
     TrainedEnsembleModelTemplateMixin,
 )
@@ -27,9 +29,11 @@ __all__ = [
     "CSRFV1SelectorTemplateMixin",
     "KEYED_COMPONENTS",
     "METHOD_FN_MAX_LENGTH",
+    "MDSTemplateMixin",
     "MEIMethodMixin",
     "MEISeedMixin",
     "MEITemplateMixin",
+    "NeuronSetTemplateMixin",
     "RequiredLink",
     "TrainedEnsembleModelTemplateMixin",
     "check_result",

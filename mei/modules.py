@@ -69,6 +69,11 @@ class ConstrainedOutputModel(nn.Module):
         merged = {**self.forward_kwargs, **kwargs}
         return self.target_fn(_select(self.model(x, *args, **merged), self.constraint))
 
+    @property
+    def has_target_fn(self) -> bool:
+        """Whether a ``target_fn`` was given (the selection is not returned as it is)."""
+        return self.target_fn is not _identity
+
     def extra_repr(self) -> str:
         target = "" if self.target_fn is _identity else f", target_fn={self.target_fn!r}"
         return f"constraint={self.constraint!r}{target}, forward_kwargs={self.forward_kwargs!r}"

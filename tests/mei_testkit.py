@@ -12,11 +12,15 @@ Database helpers read the servers' addresses from the environment and skip (or, 
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 import os
+import sys
 import time
 import uuid
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -80,6 +84,21 @@ def stored_files(store: Path) -> list[Path]:
     return sorted(p for p in Path(store).rglob("*") if p.is_file())
 
 
+@functools.cache
+def engine_models() -> ModuleType:
+    """``tests/engine/models.py``: the engine tests' models with known answers (loaded by its
+    path, since ``tests/engine`` is not on the pipeline tests' path)."""
+    name = "mei_engine_models"
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).parent / "engine" / "models.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 # --- NNFabrik-style dataset, model and trainer -----------------------------------------
 
 
@@ -91,14 +110,21 @@ def linear_dataset(
     truth_seed: int = 0,
     noise: float = 0.1,
     batch_size: int = 128,
+    cell_types: bool = False,
 ) -> dict:
     """Responses of ``n_units`` linear neurons to white-noise images ``(1, side, side)``.
 
-    The neurons' weights come from ``truth_seed``; the images and noise from ``seed``.
+    The neurons' weights come from ``truth_seed``; the images and noise from ``seed``. With
+    ``cell_types``, the neurons are the engine tests' two cell types with known Gabor filters
+    (``TwoCellTypes(n_units, side, truth_seed)``: the first half type 0), without bias and
+    without the rectification.
     """
     truth = torch.Generator().manual_seed(int(truth_seed))
     weight = torch.randn(n_units, side * side, generator=truth)
     bias = torch.randn(n_units, generator=truth)
+    if cell_types:
+        weight = engine_models().TwoCellTypes(n=n_units, size=side, seed=truth_seed).weights
+        bias = torch.zeros(n_units)
     g = torch.Generator().manual_seed(int(seed))
     images = torch.randn(n_samples, 1, side, side, generator=g)
     responses = images.flatten(1) @ weight.T + bias

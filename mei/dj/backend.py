@@ -35,7 +35,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -658,6 +658,32 @@ class Backend:
         """
         raise NotImplementedError
 
+    def insert_with_parts(
+        self,
+        table: Any,
+        row: Mapping[str, Any],
+        files: Mapping[str, Any],
+        store: str,
+        parts: Sequence[tuple[Any, Sequence[Mapping[str, Any]]]],
+    ) -> None:
+        """:meth:`insert_with_files` for a master row, then the rows of its part tables,
+        ``parts`` = ``[(part_table, rows), ...]``, all in one transaction (the caller's, e.g.
+        ``populate``'s, if one is open). If any insert fails, the files stored for the row are
+        removed again: a failure leaves no row, no part row and no file."""
+        connection = table.connection
+        atomic = contextlib.nullcontext() if connection.in_transaction else connection.transaction
+        with file_journal() as written:
+            try:
+                with atomic:
+                    self.insert_with_files(table, row, files, store)
+                    for part, rows in parts:
+                        part.insert(list(rows))
+            except BaseException:
+                self.remove_files(table, written)
+                raise
+        for entry in written:
+            _note(*entry)
+
     def load_file(self, query: Any, attribute: str, *, weights_only: bool = False) -> Any:
         """Load the file stored in ``attribute`` of the single row of ``query`` with
         ``torch.load``.
@@ -1056,7 +1082,12 @@ class DataJoint014(Backend):
             if external.exists(path):
                 external._remove_external_file(path)
                 removed += 1
-            (external & {"hash": uuid}).delete_quick()
+            try:
+                (external & {"hash": uuid}).delete_quick()
+            except dj.errors.IntegrityError:
+                # still referenced by a row of the open transaction (a master row whose parts
+                # failed): the transaction's rollback removes the row and this entry together
+                pass
         return removed
 
     def load_file(self, query: Any, attribute: str, *, weights_only: bool = False) -> Any:

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from torch import Tensor
 
 from ..config import check_seed
-from ..errors import ComponentError, ConfigError, NonFiniteError
+from ..errors import ComponentError, ConfigError, NonFiniteError, shorten
 from ..import_helpers import resolve_path
 from ..modules import ConstrainedOutputModel
 from .hashing import make_hash
@@ -264,6 +264,77 @@ def selected_model(selector: Any, model: Any, key: Key) -> Any:
             "get_output_selected_model(model, key) (nor the older get_objective)"
         )
     return select(model, key)
+
+
+def population_model(
+    selector: Any, model: Any, key: Mapping[str, Any], members: Sequence[Mapping[str, Any]]
+) -> ConstrainedOutputModel:
+    """The model of a set of neurons: ``ConstrainedOutputModel(model, units)``, output ``(B,
+    len(members))``, column ``i`` the unit the selector gives ``members[i]`` (selector keys).
+
+    Each neuron's unit comes from ``selector.get_output_selected_model(model, {**key,
+    **member})``, which must select one int unit of ``model`` itself, all with the same
+    ``forward_kwargs`` and no ``target_fn``; otherwise :class:`mei.errors.ComponentError`.
+    """
+    if not members:
+        raise ComponentError(f"the set of neurons of key {dict(key)!r} has no members")
+    selected = [selected_model(selector, model, {**key, **m}) for m in members]
+    plan = _batch_plan(model, selected)
+    if plan is None or any(s.has_target_fn for s in selected):
+        raise ComponentError(
+            f"the selector {type(selector).__name__} must give every neuron of the set "
+            "ConstrainedOutputModel(model, unit) with an int unit of the model it was given, "
+            "the same forward_kwargs (e.g. one data_key) and no target_fn, to make one model of "
+            f"the set; got {selected[0]!r} for {dict(members[0])!r}"
+        )
+    _, forward_kwargs, units = plan
+    return ConstrainedOutputModel(model, units, forward_kwargs=forward_kwargs)
+
+
+def check_clusters(
+    method_fn: str, result: Result, n_members: int, key: Mapping[str, Any]
+) -> list[int]:
+    """The cluster of each member from a set method's checked ``result``: ``output["labels"]``,
+    one int in ``0 .. K-1`` per member, ``K`` the number of stimuli; else
+    :class:`mei.errors.ComponentError` naming ``key``."""
+    stimuli, _, output = result
+    labels = output.get("labels") if isinstance(output, Mapping) else None
+    n_stimuli = len(stimuli) if stimuli.dim() > 0 else 0
+    if (
+        not isinstance(labels, Sequence)
+        or len(labels) != n_members
+        or not all(isinstance(v, numbers.Integral) and 0 <= int(v) < n_stimuli for v in labels)
+    ):
+        raise ComponentError(
+            f"{method_fn} must return one stimulus per cluster and output['labels'], the "
+            f"cluster (0 .. {n_stimuli - 1}) of each of the {n_members} neurons of the set, "
+            f"for key {dict(key)!r}; got {n_stimuli} stimuli and labels {shorten(labels)}"
+        )
+    return [int(v) for v in labels]
+
+
+def compute_set_key(
+    table: Any, key: Key, fetched: Sequence[Any]
+) -> tuple[Tensor, float, Any, list[int]]:
+    """One key of a table of results for sets of neurons (:class:`mei.dj.tables.MDSTemplateMixin`):
+    load (or reuse) the model, make the model of the set (:func:`population_model`),
+    ``generate_mei``, check; returns ``(stimuli, score, output, cluster of each member)``.
+
+    ``fetched`` is what the table's ``make_fetch`` returned: method, config, seed, members.
+    """
+    method_fn, _, seed, members = fetched
+    dataloaders, model = table.model_loader.load(key)
+    selector = table.neuron_set_table.selector_table()
+    model = population_model(selector, model, key, members)
+    with device_override(table.device):
+        entity = table.method_table().generate_mei(dataloaders, model, dict(key), int(seed))
+    if not isinstance(entity, Mapping) or not {"mei", "score", "output"} <= set(entity):
+        raise ComponentError(
+            f"generate_mei must return a dict with 'mei', 'score' and 'output', got "
+            f"{type(entity).__name__} for key {dict(key)!r}"
+        )
+    result = check_result(method_fn, (entity["mei"], entity["score"], entity["output"]), key)
+    return (*result, check_clusters(method_fn, result, len(members), key))
 
 
 def _same_function(a: Any, b: Any) -> bool:

@@ -28,9 +28,11 @@ __all__ = [
     "CSRFV1ObjectiveTemplateMixin",
     "KEYED_COMPONENTS",
     "METHOD_FN_MAX_LENGTH",
+    "MDSTemplateMixin",
     "MEIMethodMixin",
     "MEISeedMixin",
     "MEITemplateMixin",
+    "NeuronSetTemplateMixin",
     "RequiredLink",
     "TrainedEnsembleModelTemplateMixin",
 ]
@@ -434,32 +436,12 @@ def _check_seeds(values: Iterable[Any]) -> None:
             check_seed(value, "mei_seed" if i == 0 else f"mei_seed of row {i}")
 
 
-class MEITemplateMixin(_Table):
-    """MEIs: one per method x trained (ensemble) model x selected unit x seed.
+class _ModelTableMixin(_Table):
+    """What the computed tables that run methods on trained models share: the link to the
+    trained model table, the model cache, the store of their files and the device override."""
 
-    Links: ``trained_model_table`` (has ``load_model(key)``), ``selector_table`` (has
-    ``get_output_selected_model(model, key)``), ``method_table`` and ``seed_table``.
-    ``mei`` and ``output`` are files written with ``torch.save`` into the store named by
-    ``storage`` (``attach@store`` on DataJoint 0.14, ``<mei_file@store>`` on 2.x: either way
-    ``fetch1("mei")`` gives a local path for ``torch.load``; :meth:`load_mei` gives the
-    tensor). Models are cached across keys, at most ``cache_size_limit`` of them (a class
-    attribute, or ``MEI(cache_size_limit=n)``); ``device`` redirects every method to a device.
-    """
-
-    definition_template = """
-    # contains maximally exciting images (MEIs)
-    -> self.method_table
-    -> self.trained_model_table
-    -> self.selector_table
-    -> self.seed_table
-    ---
-    mei                 : {file}  # the MEI as a tensor
-    score               : {float}         # some score depending on the used method function
-    output              : {file}  # object returned by the method function
-    """
-
+    definition_template: str
     trained_model_table: Any = RequiredLink("TrainedEnsembleModel")
-    selector_table: Any = RequiredLink("Selector", alias="objective_table")
     storage = "minio"
     cache_size_limit = 10
     model_loader_class: Any = ModelLoader
@@ -468,7 +450,7 @@ class MEITemplateMixin(_Table):
     """Overrides the method configs' ``device`` when set (one worker per GPU: ``"cuda:1"``)."""
 
     def __init__(self, *args: Any, cache_size_limit: int | None = None, **kwargs: Any):
-        """``MEI(cache_size_limit=n)`` keeps at most ``n`` models in this table object's
+        """``Table(cache_size_limit=n)`` keeps at most ``n`` models in this table object's
         cache (default: the class attribute ``cache_size_limit``, 10; ``0``: no cache)."""
         super().__init__(*args, **kwargs)
         if cache_size_limit is not None:
@@ -498,6 +480,38 @@ class MEITemplateMixin(_Table):
     @model_loader.setter
     def model_loader(self, loader: Any) -> None:
         self.__dict__["_model_loader"] = loader
+
+    def load_output(self, key: Mapping[str, Any] | None = None) -> Any:
+        """The stored ``output`` of one row, e.g. ``{objective: {"times": [], "values": []}}``."""
+        return backend().load_file(self & key if key is not None else self, "output")
+
+
+class MEITemplateMixin(_ModelTableMixin):
+    """MEIs: one per method x trained (ensemble) model x selected unit x seed.
+
+    Links: ``trained_model_table`` (has ``load_model(key)``), ``selector_table`` (has
+    ``get_output_selected_model(model, key)``), ``method_table`` and ``seed_table``.
+    ``mei`` and ``output`` are files written with ``torch.save`` into the store named by
+    ``storage`` (``attach@store`` on DataJoint 0.14, ``<mei_file@store>`` on 2.x: either way
+    ``fetch1("mei")`` gives a local path for ``torch.load``; :meth:`load_mei` gives the
+    tensor). Models are cached across keys, at most ``cache_size_limit`` of them (a class
+    attribute, or ``MEI(cache_size_limit=n)``); ``device`` redirects every method to a device.
+    """
+
+    definition_template = """
+    # contains maximally exciting images (MEIs)
+    -> self.method_table
+    -> self.trained_model_table
+    -> self.selector_table
+    -> self.seed_table
+    ---
+    mei                 : {file}  # the MEI as a tensor
+    score               : {float}         # some score depending on the used method function
+    output              : {file}  # object returned by the method function
+    """
+
+    trained_model_table: Any = RequiredLink("TrainedEnsembleModel")
+    selector_table: Any = RequiredLink("Selector", alias="objective_table")
 
     @run.builtin
     def make_fetch(self, key: Key) -> tuple[str, Any, int]:
@@ -550,6 +564,209 @@ class MEITemplateMixin(_Table):
         mei: Tensor = backend().load_file(self & key if key is not None else self, "mei")
         return mei
 
-    def load_output(self, key: Mapping[str, Any] | None = None) -> Any:
-        """The stored ``output`` of one row, e.g. ``{objective: {"times": [], "values": []}}``."""
-        return backend().load_file(self & key if key is not None else self, "output")
+
+def _sorted_keys(rows: Iterable[Mapping[str, Any]], names: list[str]) -> list[Key]:
+    """``rows`` reduced to the attributes ``names``, in the order of their values."""
+    return sorted(({n: row[n] for n in names} for row in rows), key=lambda k: [k[n] for n in names])
+
+
+class NeuronSetTemplateMixin(_Table):
+    """Sets of neurons of one dataset, each identified by ``neuron_set_hash``: the neurons a
+    table such as :class:`MDSTemplateMixin` treats together (clusters by their most
+    discriminative stimuli).
+
+    Links: ``dataset_table`` and ``selector_table`` (the lab's selector: one row per neuron,
+    with ``get_output_selected_model(model, key)``). Members are rows of the selector.
+    """
+
+    definition = """
+    # sets of neurons of one dataset
+    -> self.dataset_table
+    neuron_set_hash                 : char(32)      # the hash of the set's neurons
+    ---
+    neuron_set_comment      = ''    : varchar(256)  # a short comment describing the set
+    """
+
+    class Member(_Table):
+        """One neuron of a set."""
+
+        definition = """
+        # the neurons of a set
+        -> master
+        -> master.selector_table
+        """
+
+    dataset_table: Any = RequiredLink("Dataset")
+    selector_table: Any = RequiredLink("Selector")
+
+    def create_set(self, key: Mapping[str, Any], comment: str = "", restriction: Any = None) -> Key:
+        """Make the set of the neurons of ``selector_table`` that match ``key`` (and
+        ``restriction``, any DataJoint restriction, e.g. a query of reliable neurons); return
+        its key.
+
+        ``key`` must restrict ``dataset_table`` to exactly one entry. ``neuron_set_hash`` is
+        :func:`mei.dj.hashing.hash_list_of_dictionaries` of the members' selector keys, so the
+        same neurons always give the same set; creating an existing set again returns its key
+        and changes nothing.
+        """
+        datasets = backend().keys(self.dataset_table() & key)
+        if len(datasets) != 1:
+            raise ValueError(
+                f"key {dict(key)!r} must restrict {self.dataset_table.__name__} to exactly one "
+                f"entry, it matches {len(datasets)}"
+            )
+        [dataset_key] = datasets
+        query = self.selector_table() & dataset_key & key
+        if restriction is not None:
+            query = query & restriction
+        names = _primary_key(self.selector_table)
+        members = _sorted_keys(backend().keys(query), names)
+        if not members:
+            raise ValueError(
+                f"no neurons of {self.selector_table.__name__} match {dict(key)!r} for dataset "
+                f"{dataset_key!r}: a set needs at least one neuron"
+            )
+        primary_key = dict(dataset_key, neuron_set_hash=hash_list_of_dictionaries(members))
+        if self & primary_key:
+            return primary_key
+        with self.connection.transaction:
+            self.insert1(dict(primary_key, neuron_set_comment=comment))
+            self.Member().insert([{**primary_key, **member} for member in members])
+        return primary_key
+
+    def member_keys(self, key: Mapping[str, Any] | None = None) -> list[Key]:
+        """The selector keys of the neurons of one set, in the order of their values."""
+        sets = backend().keys(self & key if key is not None else self)
+        if len(sets) != 1:
+            raise ValueError(
+                f"key {key!r} must select exactly one set of {type(self).__name__}, it "
+                f"selects {len(sets)}"
+            )
+        names = _primary_key(self.selector_table)
+        return _sorted_keys(backend().keys(self.Member() & sets[0]), names)
+
+
+class MDSTemplateMixin(_ModelTableMixin):
+    """Most discriminative stimuli (MDS): for a set of neurons, the clusters a method finds
+    and one stimulus per cluster, all in one row (Burg et al., ICLR 2024).
+
+    One row per method x trained (ensemble) model x set of neurons x seed. Links:
+    ``trained_model_table`` (has ``load_model(key)``), ``neuron_set_table`` (a
+    :class:`NeuronSetTemplateMixin` table; its ``selector_table`` maps each neuron to a model
+    output), ``method_table`` and ``seed_table``. Only method rows whose ``method_fn`` is in
+    :attr:`method_fns` are computed. The method gets ``ConstrainedOutputModel(model, units)``,
+    the set's neurons in :meth:`NeuronSetTemplateMixin.member_keys` order, and must return
+    ``(stimuli (K, C, ...), score, output)`` with ``output["labels"]`` the cluster of each
+    neuron (:func:`mei.clustering.mds` does). ``mds`` and ``output`` are files in the store
+    ``storage``; the part ``Neuron`` holds each neuron's cluster. Row, parts and files are
+    stored together or not at all.
+    """
+
+    definition_template = """
+    # most discriminative stimuli (MDS): one stimulus per cluster of a set of neurons
+    -> self.method_table
+    -> self.trained_model_table
+    -> self.neuron_set_table
+    -> self.seed_table
+    ---
+    n_clusters          : {int}     # number of clusters, one stimulus each
+    score               : {float}   # the method's score (mds: mean objective of the stimuli)
+    mds                 : {file}    # the stimuli, (n_clusters, C, ...): stimulus k for cluster k
+    output              : {file}    # object returned by the method function (mds: labels, ...)
+    """
+
+    class Neuron(_Table):
+        """The cluster of each neuron of the set."""
+
+        definition_template = """
+        # the cluster of each neuron of the set
+        -> master
+        -> master.neuron_set_table.Member
+        ---
+        cluster             : {int}     # its cluster: the index of its stimulus in mds
+        """
+
+        @property
+        def definition(self) -> str:
+            return self.definition_template.format(**backend().types)
+
+    neuron_set_table: Any = RequiredLink("NeuronSet")
+    method_fns: tuple[str, ...] | None = ("mei.clustering.mds",)
+    """The method functions this table computes (``None``: every method row); add your own
+    set method's path to use it."""
+
+    @property
+    def key_source(self) -> Any:
+        """DataJoint's key source (the product of the linked tables) for the method rows of
+        :attr:`method_fns`."""
+        source = super().key_source  # type: ignore[misc]
+        if self.method_fns is None:
+            return source
+        methods = self.method_table() & [{"method_fn": fn} for fn in self.method_fns]
+        return source & methods.proj()
+
+    def make_fetch(self, key: Key) -> tuple[str, Any, int, list[Key]]:
+        """The method, the seed and the set's neurons of ``key`` (fetched again before
+        inserting)."""
+        method_fn, method_config = (self.method_table() & key).fetch1("method_fn", "method_config")
+        seed = (self.seed_table() & key).fetch1("mei_seed")
+        members = self.neuron_set_table().member_keys(key)
+        return method_fn, method_config, check_seed(seed, "mei_seed"), members
+
+    def make_compute(
+        self, key: Key, method_fn: str, method_config: Any, seed: int, members: list[Key]
+    ) -> tuple[Tensor, float, Any, list[Key]]:
+        """Load (or reuse) the model, make the model of the set and run the method: no
+        transaction. Returns the stimuli, score, output and each neuron's cluster."""
+        stimuli, score, output, labels = run.compute_set_key(
+            self, key, (method_fn, method_config, seed, members)
+        )
+        clusters = [dict(m, cluster=label) for m, label in zip(members, labels, strict=True)]
+        return stimuli, score, output, clusters
+
+    def make_insert(
+        self, key: Key, stimuli: Tensor, score: float, output: Any, clusters: list[Key]
+    ) -> None:
+        """Store the stimuli and ``output`` as files, insert the row and its ``Neuron``
+        rows; a failure leaves none of them."""
+        backend().insert_with_parts(
+            self,
+            dict(key, n_clusters=len(stimuli), score=score),
+            {"mds": stimuli, "output": output},
+            self.storage,
+            [(self.Neuron(), [{**key, **c} for c in clusters])],
+        )
+
+    def populate(self, *restrictions: Any, **kwargs: Any) -> Any:
+        """DataJoint's ``populate``, after refusing keys whose method asks for a device this
+        machine lacks (:func:`mei.dj.populate.check_devices`)."""
+        _populate.check_devices(self, *restrictions)
+        with exclusive(self.connection, f"{type(self).__name__}.populate"):
+            return super().populate(*restrictions, **kwargs)  # type: ignore[misc]
+
+    def load_mds(self, key: Mapping[str, Any] | None = None) -> Tensor:
+        """The stimuli of one row, ``(n_clusters, C, ...)`` (``key=None``: this restricted
+        table's row); stimulus ``k`` is that of cluster ``k``."""
+        stimuli: Tensor = backend().load_file(self & key if key is not None else self, "mds")
+        return stimuli
+
+    def load_mei(self, key: Mapping[str, Any] | None = None) -> Tensor:
+        """:meth:`load_mds`, under the MEI table's name."""
+        return self.load_mds(key)
+
+    def load_clusters(self, key: Mapping[str, Any] | None = None) -> list[list[Key]]:
+        """The neurons (selector keys) of each cluster of one row: entry ``k`` for stimulus
+        ``k``, each in the order of their values."""
+        rows = backend().keys(self & key if key is not None else self)
+        if len(rows) != 1:
+            raise ValueError(
+                f"key {key!r} must select exactly one row of {type(self).__name__}, it "
+                f"selects {len(rows)}"
+            )
+        n_clusters = int((self & rows[0]).fetch1("n_clusters"))
+        names = _primary_key(self.neuron_set_table.selector_table)
+        neurons = backend().to_dicts(self.Neuron() & rows[0])
+        return [
+            _sorted_keys((n for n in neurons if int(n["cluster"]) == k), names)
+            for k in range(n_clusters)
+        ]

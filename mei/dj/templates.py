@@ -10,6 +10,10 @@ Templates (undecorated; subclass them, set their links, decorate with your schem
   ``selector_table`` (maps a neuron to a model output, has ``get_output_selected_model``),
   ``method_table`` (default :class:`MEIMethod`), ``seed_table`` (default :class:`MEISeed`);
   files go to the store named by ``storage`` (default ``"minio"``).
+- :class:`NeuronSetTemplate` (with part ``Member``): sets of neurons of one dataset; links
+  ``dataset_table`` and ``selector_table``.
+- :class:`MDSTemplate` (with part ``Neuron``): most discriminative stimuli, several per row:
+  links ``trained_model_table``, ``neuron_set_table``, ``method_table`` and ``seed_table``.
 
 Ready tables: :class:`MEIMethod` and :class:`MEISeed` live in :data:`schema`. Importing this
 module connects to nothing; the schema is activated on first use of either table (or of a
@@ -33,9 +37,11 @@ from .backend import backend
 __all__ = [
     "CSRFV1ObjectiveTemplate",
     "CSRFV1SelectorTemplate",
+    "MDSTemplate",
     "MEIMethod",
     "MEISeed",
     "MEITemplate",
+    "NeuronSetTemplate",
     "TrainedEnsembleModelTemplate",
     "activate",
     "schema",
@@ -134,6 +140,33 @@ class MEITemplate(tables.MEITemplateMixin, dj.Computed):
     than this module's, ``method_table`` and ``seed_table``), decorate it with your schema and
     ``populate()`` it. :meth:`load_mei` and :meth:`load_output` read results back.
     """
+
+    method_table: Any = _DefaultTable("MEIMethod")
+    seed_table: Any = _DefaultTable("MEISeed")
+
+
+class NeuronSetTemplate(tables.NeuronSetTemplateMixin, dj.Manual):
+    """Neuron set table template.
+
+    Subclass it, set ``dataset_table`` and ``selector_table`` and decorate it with your schema.
+    Then :meth:`create_set` makes sets of neurons and :meth:`member_keys` lists them.
+    """
+
+    class Member(tables.NeuronSetTemplateMixin.Member, dj.Part):
+        """Member table template."""
+
+
+class MDSTemplate(tables.MDSTemplateMixin, dj.Computed):
+    """Most discriminative stimuli (MDS) table template: several stimuli per row.
+
+    Subclass it, set ``trained_model_table`` and ``neuron_set_table`` (and, to use other tables
+    than this module's, ``method_table`` and ``seed_table``), decorate it with your schema, add
+    a method row for ``mei.clustering.mds`` and ``populate()`` it. :meth:`load_mds` gives the
+    stimuli, :meth:`load_clusters` the neurons of each, :meth:`load_output` the method's output.
+    """
+
+    class Neuron(tables.MDSTemplateMixin.Neuron, dj.Part):
+        """Neuron table template."""
 
     method_table: Any = _DefaultTable("MEIMethod")
     seed_table: Any = _DefaultTable("MEISeed")

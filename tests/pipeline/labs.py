@@ -65,16 +65,19 @@ def build(
     n_units: int = N_UNITS,
     seeds: tuple[int, ...] = (1, 2),
     diverging: bool = True,
+    dataset: dict | None = None,
 ) -> SimpleNamespace:
     """Declare the lab in ``schema`` and fill it: one dataset of ``n_units`` linear neurons, a
     model, a fitting trainer (and, with ``diverging``, one whose models have NaN weights), the
-    ``seeds``; then train every model."""
+    ``seeds``; then train every model. ``dataset``: further arguments of the dataset function
+    (:func:`mei_testkit.linear_dataset`), e.g. ``{"cell_types": True, "side": 15}``."""
     lab = declare(schema)
     lab.generation = backend().generation
+    config = {"n_units": n_units, **(dataset or {})}
     if lab.generation == 2:
-        _fill2(lab, n_units, seeds, diverging)
+        _fill2(lab, config, seeds, diverging)
     else:
-        _fill014(lab, n_units, seeds, diverging)
+        _fill014(lab, config, seeds, diverging)
     lab.dataset_key = dict(lab.keys["dataset"])
     lab.ensemble_restriction = {**lab.keys["dataset"], **lab.keys["trainer"]}
     lab.diverging_restriction = {**lab.keys["dataset"], **lab.keys.get("diverging", {})}
@@ -82,8 +85,8 @@ def build(
     return lab
 
 
-def _fill2(lab, n_units, seeds, diverging):
-    lab.Dataset.insert1({"dataset_id": 1, "dataset_config": {"n_units": n_units}})
+def _fill2(lab, config, seeds, diverging):
+    lab.Dataset.insert1({"dataset_id": 1, "dataset_config": config})
     lab.Trainer.insert1({"trainer_id": 1, "trainer_config": {}})
     if diverging:
         lab.Trainer.insert1({"trainer_id": 2, "trainer_config": {"diverge": True}})
@@ -106,13 +109,13 @@ def _fill2(lab, n_units, seeds, diverging):
     lab.jobs_table = None
 
 
-def _fill014(lab, n_units, seeds, diverging):
+def _fill014(lab, config, seeds, diverging):
     from mei.integration import make_hash
 
     nnf = lab.nnf
     nnf.Fabrikant().add_entry("tester", "tester@example.org", "mei tests")
     dataset = nnf.Dataset().add_entry(
-        "mei_testkit.linear_dataset", {"n_units": n_units}, dataset_fabrikant="tester"
+        "mei_testkit.linear_dataset", config, dataset_fabrikant="tester"
     )
     model = nnf.Model().add_entry("mei_testkit.linear_model", {}, model_fabrikant="tester")
     trainer = nnf.Trainer().add_entry("mei_testkit.lstsq_trainer", {}, trainer_fabrikant="tester")

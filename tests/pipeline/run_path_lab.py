@@ -55,11 +55,12 @@ recording_method.validate_config = gradient_ascent.validate_config  # type: igno
 
 
 def declare(
-    schema: dj.Schema, *, fill: bool = True, n_units: int = N_UNITS, model=None
+    schema: dj.Schema, *, fill: bool = True, n_units: int = N_UNITS, model=None, shape=SHAPE
 ) -> SimpleNamespace:
     """Declare the lab in ``schema`` and, with ``fill``, one dataset of ``n_units`` neurons (on
     the model's ``N_UNITS`` outputs, cycling). ``model()`` builds the model (default: a seeded
-    linear readout of ``N_UNITS`` units on ``SHAPE`` inputs)."""
+    linear readout of ``N_UNITS`` units on ``SHAPE`` inputs); the dataloaders give inputs of
+    ``shape``."""
     types = backend().types
 
     @schema
@@ -81,7 +82,7 @@ def declare(
                 built = nn.Sequential(nn.Flatten(), nn.Linear(16, N_UNITS))
             else:
                 built = model()
-            loaders = {"train": {"all": [(torch.zeros(SHAPE), torch.zeros(1, N_UNITS))]}}
+            loaders = {"train": {"all": [(torch.zeros(shape), torch.zeros(1, N_UNITS))]}}
             return (loaders, built) if include_dataloader else built
 
     @schema
