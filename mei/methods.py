@@ -343,22 +343,21 @@ def with_response(model: Model, method: MethodConfig) -> Model:
     ``ConstrainedOutputModel(response(video_model, **kwargs), unit)``: the responses are
     reduced before the unit is selected. Raises :class:`~mei.errors.ConfigError` (key
     ``response``) for a model that is no such wrapper (see :func:`mei.modules.wrap_inner`), or
-    whose inner model already is what the response builds.
+    whose inner model already is an instance of the response's class.
     """
     spec = method.response
     if spec is None:
         return model
 
     def wrap(inner: nn.Module) -> nn.Module:
-        wrapped = spec.build(inner)
-        if isinstance(inner, type(wrapped)):
+        if isinstance(spec.factory, type) and isinstance(inner, spec.factory):
             raise ConfigError(
                 f"the model already reduces its responses with a {type(inner).__name__}: "
                 "remove the config's response entry or that wrapper",
                 key=spec.key,
                 path=spec.path,
             )
-        return wrapped
+        return spec.build(inner)
 
     if not isinstance(model, nn.Module):
         raise ConfigError(

@@ -242,6 +242,14 @@ def compute_key(table: Any, key: Key, fetched: Sequence[Any]) -> Result:
     method_fn, _, seed = fetched
     dataloaders, model = table.model_loader.load(key)
     model = selected_model(table.selector_table(), model, key)
+    return _generate(table, method_fn, dataloaders, model, key, seed)
+
+
+def _generate(
+    table: Any, method_fn: str, dataloaders: Any, model: Any, key: Key, seed: Any
+) -> Result:
+    """The method table's ``generate_mei`` for ``key`` under the table's device override,
+    checked."""
     with device_override(table.device):
         entity = table.method_table().generate_mei(dataloaders, model, dict(key), int(seed))
     if not isinstance(entity, Mapping) or not {"mei", "score", "output"} <= set(entity):
@@ -326,14 +334,7 @@ def compute_set_key(
     dataloaders, model = table.model_loader.load(key)
     selector = table.neuron_set_table.selector_table()
     model = population_model(selector, model, key, members)
-    with device_override(table.device):
-        entity = table.method_table().generate_mei(dataloaders, model, dict(key), int(seed))
-    if not isinstance(entity, Mapping) or not {"mei", "score", "output"} <= set(entity):
-        raise ComponentError(
-            f"generate_mei must return a dict with 'mei', 'score' and 'output', got "
-            f"{type(entity).__name__} for key {dict(key)!r}"
-        )
-    result = check_result(method_fn, (entity["mei"], entity["score"], entity["output"]), key)
+    result = _generate(table, method_fn, dataloaders, model, key, seed)
     return (*result, check_clusters(method_fn, result, len(members), key))
 
 

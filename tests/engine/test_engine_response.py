@@ -239,3 +239,31 @@ def test_a_response_that_does_not_declare_per_element_work_runs_units_one_by_one
             assert _cos(mei, _placed(neurons.kernels[unit, 0], 2)) >= 0.95
     finally:
         del sys.modules["lab_responses"]
+
+
+def test_a_response_factory_may_build_the_same_kind_of_module_as_the_model():
+    """Only an inner model that already is an instance of the response's class is refused: a
+    lab's factory function may return an ``nn.Sequential`` around an ``nn.Sequential``."""
+    import sys
+
+    def last_frame(model):
+        return nn.Sequential(model, TakeLast())
+
+    class TakeLast(nn.Module):
+        elementwise = True
+
+        def forward(self, responses):
+            return responses[:, -1]
+
+    module = type(sys)("lab_factories")
+    module.last_frame = last_frame
+    sys.modules["lab_factories"] = module
+    try:
+        neurons = SeparableVideoNeurons(frames=8, size=15, thetas=(0.6, 2.2))
+        sequential = nn.Sequential(neurons)
+        config = _config(response={"path": "lab_factories.last_frame"})
+        mei, _, _ = _run(ConstrainedOutputModel(sequential, 1), config)
+        expected, _, _ = _run(ConstrainedOutputModel(neurons, 1), _config())
+        torch.testing.assert_close(mei, expected)
+    finally:
+        del sys.modules["lab_factories"]

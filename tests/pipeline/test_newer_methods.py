@@ -16,7 +16,7 @@ from torch.nn.functional import cosine_similarity
 
 from mei.clustering import mds
 from mei.dj.backend import backend
-from mei.dj.run import population_model
+from mei.dj.run import check_clusters, population_model
 from mei.errors import ComponentError, ConfigError, NonFiniteError
 from mei.integration import hash_list_of_dictionaries
 from mei.main import MDSTemplate, MEITemplate, NeuronSetTemplate
@@ -360,6 +360,14 @@ def test_the_model_of_a_set_needs_one_plain_unit_per_neuron():
         population_model(PerSession(), model, {}, members)
     with pytest.raises(ComponentError, match="has no members"):
         population_model(Selector(), model, {}, [])
+
+
+def test_a_set_methods_clusters_are_checked():
+    stimuli = torch.zeros(2, 1, 4, 4)
+    assert check_clusters("m", (stimuli, 0.0, {"labels": [1, 0, 1]}), 3, {}) == [1, 0, 1]
+    for output in ({"labels": [0, 1]}, {"labels": [0, 2, 1]}, {"labels": [0, 1.0, 1]}, {}, None):
+        with pytest.raises(ComponentError, match=r"the cluster \(0 \.\. 1\) of each of the 3"):
+            check_clusters("m", (stimuli, 0.0, output), 3, {"k": 1})
 
 
 def test_an_mds_table_declares_with_the_generations_types(schema, cell_lab):
