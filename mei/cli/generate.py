@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import CLIError, err, set_quiet, working_directory_importable
+from .common import CLIError, err, prepare_output_dir, set_quiet, working_directory_importable
 
 
 def parse_units(spec: str, n_units: int | None = None) -> list[int]:
@@ -184,7 +184,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         )
     n_units = _output_count(model, shape)
     units = parse_units(args.units, n_units)
-    out = Path(args.out)
+    # before the optimization: a wrong --out must not cost the run
+    out = prepare_output_dir(args.out, ("meis.pt", "results.pt", "meis.png", "meis.gif"))
     err(f"mei generate: {len(units)} unit(s) of {args.model}, input {shape}, seed {args.seed}")
     start = time.perf_counter()
     results = gradient_ascent_units(
@@ -193,7 +194,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     meis = torch.cat([mei for mei, _, _ in results])
     scores = [score for _, score, _ in results]
-    out.mkdir(parents=True, exist_ok=True)
     written = [out / "meis.pt", out / "results.pt"]
     torch.save(meis, written[0])
     torch.save(
