@@ -469,9 +469,7 @@ def resolve_config(config: Mapping[str, Any], *, check_device: bool = True) -> M
     if missing:
         raise ConfigError(f"missing required key(s) {missing}")
 
-    resolved: dict[str, Any] = {
-        "device": parse_device(config["device"], check_exists=check_device)
-    }
+    resolved: dict[str, Any] = {"device": parse_device(config["device"], check_exists=check_device)}
     for key in COMPONENT_KEYS:
         if key == "objectives" or config.get(key) is None:
             continue

@@ -110,6 +110,18 @@ def import_datajoint() -> Any:
     return dj
 
 
+def check_device(device: str) -> None:
+    """``--device``: a torch device that exists on this machine, else a :class:`CLIError`."""
+    from ..config import parse_device
+    from ..errors import ConfigError
+
+    try:
+        parse_device(device)
+    except ConfigError as e:
+        reason = re.sub(r"^config\['device'\]: (?:'[^']*': )?", "", str(e))
+        raise CLIError(f"--device {device}: {reason}") from None
+
+
 SCHEMA_NAME = re.compile(r"[a-z][a-z0-9_]*")
 SCHEMA_NAME_MAX = 63  # PostgreSQL's limit (MySQL's is 64)
 SCHEMA_NAME_RULE = (

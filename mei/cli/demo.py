@@ -11,6 +11,7 @@ from .common import (
     DATABASE_HELP,
     CLIError,
     check_connection,
+    check_device,
     check_schema_name,
     configured_stores,
     data_dir_help,
@@ -53,13 +54,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else (20 if args.quick else 100)
     if steps < 1:
         raise CLIError(f"--steps must be positive, got {steps}")
-    from ..config import parse_device
-    from ..errors import ConfigError
-
-    try:  # a clear error before touching any database
-        parse_device(args.device)
-    except ConfigError as e:
-        raise CLIError(f"--device {args.device}: {str(e).split(': ', 1)[-1]}") from None
+    check_device(args.device)  # a clear error before touching any database
     check_schema_name(args.schema, suffix="_methods")
     try:
         from .. import plot  # noqa: F401  the figures need matplotlib

@@ -730,16 +730,19 @@ class EmbeddedPostgres:
         still using it, unless another client is connected. A server started by ``mei db
         start`` is never stopped here.
         """
+        not_running = EmbeddedDatabaseError(
+            f"the embedded database in {self.directory} is not running: `mei db start`"
+        )
+        if not start and not self.is_running():
+            raise not_running  # before the lock, which would create the data directory
         with self._file_lock(".postgres.clients", fcntl.LOCK_SH) as clients:
             started = False
             if start:
                 started = self.start()
                 if started and not keep_running:
                     self._autostop_marker.touch()
-            elif not self.is_running():
-                raise EmbeddedDatabaseError(
-                    f"the embedded database in {self.directory} is not running: `mei db start`"
-                )
+            elif not self.is_running():  # stopped meanwhile
+                raise not_running
             if keep_running:
                 self.keep_running()
             try:

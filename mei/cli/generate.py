@@ -8,7 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import CLIError, err, prepare_output_dir, set_quiet, working_directory_importable
+from .common import (
+    CLIError,
+    check_device,
+    err,
+    prepare_output_dir,
+    set_quiet,
+    working_directory_importable,
+)
 
 
 def parse_units(spec: str, n_units: int | None = None) -> list[int]:
@@ -165,6 +172,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     config = _read_config(Path(args.config))
     if args.device is not None:
+        check_device(args.device)
         config["device"] = args.device
     config.setdefault("device", "cpu")
     resolve_config(config)  # ConfigError (a user error) before the model is built

@@ -20,7 +20,7 @@ import sys
 from collections import Counter
 from typing import Any
 
-from .common import DATABASE_HELP, CLIError, err, table_database, why_nothing_to_compute
+from .common import DATABASE_HELP, check_device, err, table_database, why_nothing_to_compute
 
 MAX_ERROR_LINES = 10
 """At most this many failed keys are listed one by one; the rest are counted by message."""
@@ -141,13 +141,7 @@ def run(args: argparse.Namespace) -> int:
 
     import_datajoint()  # quietly, before anything else imports it
     if args.device is not None:
-        from ..config import parse_device
-        from ..errors import ConfigError
-
-        try:  # refuse a missing device before reserving anything
-            parse_device(args.device)
-        except ConfigError as e:
-            raise CLIError(f"--device {args.device}: {str(e).split(': ', 1)[-1]}") from None
+        check_device(args.device)  # refuse a missing device before reserving anything
     with table_database(args.database, args.table, kind="mei") as (table, _):
         from ..dj.worker import run_worker
 
