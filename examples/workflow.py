@@ -3,9 +3,10 @@ the results. Running it again computes nothing new."""
 
 import datajoint as dj
 
-from lab_pipeline import MEI, Dataset, Selector, TrainedEnsembleModel, TrainedModel
 from mei import zoo
 from mei.main import MEIMethod, MEISeed
+
+from lab_pipeline import MEI, Dataset, Selector, TrainedEnsembleModel, TrainedModel
 
 if MEI.storage not in (dj.config.get("stores") or {}):  # MEI files go to this store
     raise SystemExit(f'configure the store {MEI.storage!r} first, e.g. eval "$(mei db env)"')
