@@ -17,13 +17,9 @@ import argparse
 import json
 import logging
 import sys
-from collections import Counter
 from typing import Any
 
 from .common import DATABASE_HELP, check_device, err, table_database, why_nothing_to_compute
-
-MAX_ERROR_LINES = 10
-"""At most this many failed keys are listed one by one; the rest are counted by message."""
 
 
 def _restriction(text: str) -> Any:
@@ -84,14 +80,21 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
-def _print_errors(errors: list[tuple[Any, str]]) -> None:
-    """Each failed key with its message; many failures with the same message once, counted."""
-    if len(errors) <= MAX_ERROR_LINES:
-        for key, message in errors:
-            print(f"  error {key}: {message}")
-        return
-    for message, count in Counter(message for _, message in errors).most_common():
-        print(f"  {count} key(s) failed with: {message}")
+def _print_errors(errors: list[tuple[Any, str]], path: str) -> None:
+    """Each failed key with its message; keys that failed with the same message in one line."""
+    groups: dict[str, list[Any]] = {}
+    for key, message in errors:
+        groups.setdefault(message, []).append(key)
+    for message, keys in groups.items():
+        if len(keys) == 1:
+            print(f"  error {keys[0]}: {message}")
+        else:
+            print(f"  {len(keys)} keys failed with: {message} (`mei status {path} --errors`)")
+    if any("No space left on device" in message for message in groups):
+        err(
+            "mei worker: a disk is full (the store's, usually): free some space there, then "
+            f"`mei status {path} --clear-errors` and start the worker again"
+        )
 
 
 def _nothing_done(table: Any, path: str) -> str:
@@ -171,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, default=str))
     else:
         print(f"mei worker: {done} done, {len(errors)} errors (stopped: {summary['stopped_by']})")
-        _print_errors(errors)
+        _print_errors(errors, args.table)
         if note:
             err(f"mei worker: {note}")
     return 0

@@ -6,6 +6,8 @@ anything, say why there is nothing to compute, and stay quiet."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 
 import pytest
@@ -16,6 +18,7 @@ from tools_testkit import (
     run_mei,
     run_python,
     shared_directory,
+    small_disk,
     stop_embedded,
 )
 
@@ -40,6 +43,16 @@ MEISeed().insert1({"mei_seed": 7})
 """
 
 NOISE = ("No datajoint.json found", "Consider using a core DataJoint type", "Traceback")
+
+
+def exported(output: str) -> dict[str, str]:
+    """The variables of `mei db env`'s ``export NAME=value`` lines."""
+    values = {}
+    for line in output.splitlines():
+        if line.startswith("export "):
+            name, _, value = line.removeprefix("export ").partition("=")
+            values[name] = shlex.split(value)[0] if value else ""
+    return values
 
 
 def status(env, cwd) -> dict:
@@ -75,13 +88,7 @@ def lab():
 def test_worker_and_status_agree_on_the_table_and_the_embedded_database(lab):
     cwd, env = lab
     # the setup itself runs as a user's script would after `eval "$(mei db env)"`
-    settings = run_mei("db", "env", env=env, cwd=cwd).stdout
-    exported = dict(
-        line.removeprefix("export ").split("=", 1)
-        for line in settings.splitlines()
-        if line.startswith("export ")
-    )
-    script_env = {**env, **{k: v.strip("'") for k, v in exported.items()}}
+    script_env = {**env, **exported(run_mei("db", "env", env=env, cwd=cwd).stdout)}
     run_python(SETUP, env=script_env, cwd=cwd, timeout=300)
 
     # no method and no seed yet: nothing to compute, and both commands say why
@@ -133,6 +140,28 @@ def test_worker_and_status_agree_on_the_table_and_the_embedded_database(lab):
     for command in ("worker", "status"):
         line = one_error_line(run_mei(command, "lab_pipeline.MEI", env=env, cwd=cwd), command)
         assert "the embedded database in" in line and "is not running: `mei db start`" in line
+
+
+def test_a_store_filling_up_fails_keys_and_says_so_in_one_line(lab):
+    cwd, env = lab
+    with small_disk("16k") as disk:  # room for a file or two
+        stores = json.dumps({"minio": {"protocol": "file", "location": str(disk)}})
+        script_env = {**env, **exported(run_mei("db", "env", env=env, cwd=cwd).stdout)}
+        script_env["DJ_STORES"] = stores
+        run_python(SETUP + METHOD_AND_SEED, env=script_env, cwd=cwd, timeout=300)
+        worker = run_mei("worker", "lab_pipeline.MEI", env={**env, "DJ_STORES": stores}, cwd=cwd)
+    assert worker.returncode == 0, worker.stderr  # failed keys are recorded, not fatal
+    lines = worker.stdout.strip().splitlines()
+    done, failed = map(int, re.match(r"mei worker: (\d+) done, (\d+) errors", lines[0]).groups())
+    assert done + failed == 8 and failed >= 2
+    assert lines[1:] == [
+        f"  {failed} keys failed with: OSError: [Errno 28] No space left on device "
+        "(`mei status lab_pipeline.MEI --errors`)"
+    ]
+    assert "mei worker: a disk is full (the store's, usually)" in worker.stderr
+    assert "Traceback" not in worker.stderr
+    counts = status(env, cwd)
+    assert (counts["errors"], counts["reserved"]) == (failed, 0)  # nothing left reserved
 
 
 def test_a_module_that_configures_datajoint_itself_is_used(lab):

@@ -178,3 +178,22 @@ def stop_embedded(data_dir: Path) -> None:
     """Stop an embedded server left running in ``data_dir`` (a test that failed midway)."""
     if (data_dir / "postgres" / "postmaster.pid").exists():
         run_mei("db", "stop", env=base_env(data_dir), cwd=data_dir, timeout=120)
+
+
+@contextmanager
+def small_disk(size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` that other accounts can enter (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small disk needs root (CI runs as root)")
+    with shared_directory() as directory:
+        mount = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=755", "tmpfs", str(directory)],
+            capture_output=True,
+            text=True,
+        )
+        if mount.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+        try:
+            yield directory
+        finally:
+            subprocess.run(["umount", "-l", str(directory)], check=False)
