@@ -343,6 +343,30 @@ def table_database(mode: str, path: str, *, kind: str = "computed") -> Iterator[
         yield table, database
 
 
+def check_store(table: Any, path: str) -> None:
+    """An MEI table's store (``table.storage``) must be configured, and a ``file`` store's
+    folder must exist, before anything is computed: DataJoint finds out only when it inserts."""
+    dj = import_datajoint()
+    store = getattr(table, "storage", None)
+    if store is None:
+        return
+    stores = configured_stores(dj)
+    if store not in stores:
+        raise CLIError(
+            f"the store {store!r} of {path} (its MEI files) is not configured: "
+            '`eval "$(mei db env)"` for the embedded database\'s local store, or configure it '
+            "(DJ_STORES, datajoint.json; dj_local_conf.json on DataJoint 0.14)"
+        )
+    spec = stores[store]
+    if isinstance(spec, dict) and spec.get("protocol") == "file":
+        location = Path(str(spec.get("location", "")))
+        if not location.is_dir():
+            raise CLIError(
+                f"the folder {location} of the store {store!r} does not exist: create it "
+                f"(`mkdir -p {location}`)"
+            )
+
+
 LINKS = ("method_table", "seed_table", "trained_model_table", "selector_table")
 """The tables an MEI table's keys come from."""
 

@@ -19,7 +19,14 @@ import logging
 import sys
 from typing import Any
 
-from .common import DATABASE_HELP, check_device, err, table_database, why_nothing_to_compute
+from .common import (
+    DATABASE_HELP,
+    check_device,
+    check_store,
+    err,
+    table_database,
+    why_nothing_to_compute,
+)
 
 
 def _restriction(text: str) -> Any:
@@ -146,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     if args.device is not None:
         check_device(args.device)  # refuse a missing device before reserving anything
     with table_database(args.database, args.table, kind="mei") as (table, _):
+        check_store(table, args.table)  # before a key is reserved, not after it is computed
         from ..dj.worker import run_worker
 
         _log_to_stderr()

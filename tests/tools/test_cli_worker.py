@@ -135,6 +135,15 @@ def test_worker_and_status_agree_on_the_table_and_the_embedded_database(lab):
     again = run_mei("worker", "lab_pipeline.MEI", env=env, cwd=cwd)
     assert "mei worker: nothing left for this worker: 8 of 8 keys are done" in again.stderr
 
+    # a store that is not configured, or whose folder is missing, is refused up front
+    configured = {**script_env}
+    configured.pop("DJ_STORES")
+    line = one_error_line(run_mei("worker", "lab_pipeline.MEI", env=configured, cwd=cwd), "worker")
+    assert "the store 'minio' of lab_pipeline.MEI (its MEI files) is not configured" in line
+    configured["DJ_STORES"] = json.dumps({"minio": {"protocol": "file", "location": "/nowhere"}})
+    line = one_error_line(run_mei("worker", "lab_pipeline.MEI", env=configured, cwd=cwd), "worker")
+    assert "the folder /nowhere of the store 'minio' does not exist" in line
+
     # with the embedded server stopped, both say how to start it, in one line
     assert run_mei("db", "stop", env=env, cwd=cwd).returncode == 0
     for command in ("worker", "status"):
