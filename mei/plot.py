@@ -9,14 +9,17 @@ Images can be given as a tensor or array ``(B, C, H, W)``, or as a sequence of `
 ``(C, H, W)`` or ``(H, W)`` images (what :func:`mei.methods.gradient_ascent` returns, one per
 MEI). One channel is drawn in gray, three as RGB, any other number one panel per channel.
 Each image is scaled on its own: gray and per-channel panels symmetrically around zero (zero is
-mid-gray, so the sign of every pixel stays visible), RGB images to the full ``[0, 1]`` range.
-Spatio-temporal MEIs ``(B, C, T, H, W)`` go to :func:`plot_frames` and :func:`save_gif`.
+mid-gray, so the sign of every pixel stays visible; a caption under the figure says so), RGB
+images to the full ``[0, 1]`` range. Spatio-temporal MEIs ``(B, C, T, H, W)`` go to
+:func:`plot_frames` and :func:`save_gif`. Optimization traces (:func:`plot_trace`) show each
+run as a line, or, for many runs, their median and range.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +29,7 @@ import numpy as np
 try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 except ImportError as e:  # pragma: no cover - exercised by a test that hides matplotlib
     raise ImportError(
         f"mei.plot needs matplotlib, which is not installed ({e}); install it with "
@@ -50,8 +54,26 @@ TILE_INCHES = 1.5
 TILE_GAP_INCHES = 0.05
 """Space left free on each side of an image inside its tile, in inches."""
 
-TITLE_INCHES = 0.3
-"""Height reserved above each tile for its title, in inches."""
+TITLE_INCHES = 0.4
+"""Height reserved above each tile for its title (two lines), in inches."""
+
+CAPTION_LINE_INCHES = 0.17
+"""Height of one line of a figure's caption, in inches."""
+
+GRAY_CAPTION = (
+    "each image is scaled on its own: mid-gray is 0, white is +m and black is -m, where m is "
+    "its largest absolute value"
+)
+"""The caption of figures with gray images (``caption=True``)."""
+
+MAX_TRACE_LINES = 10
+""":func:`plot_trace` draws up to this many runs as lines; more as their median and range."""
+
+OBJECTIVE_WORDS = {
+    "EvaluationObjective": "model response",
+    "RegularizationObjective": "regularization term",
+}
+"""How :func:`plot_trace` names the tracked objectives it knows (others: their class name)."""
 
 DPI = 100
 """Dots per inch of saved figures: a tile is ``TILE_INCHES * DPI`` pixels wide."""
@@ -154,13 +176,29 @@ def _grid(n: int, ncols: int | None) -> tuple[int, int]:
     return math.ceil(n / ncols), ncols
 
 
+def _caption_lines(caption: str | None, width: float) -> list[str]:
+    """``caption`` wrapped to a figure ``width`` inches wide (7-point text)."""
+    if not caption:
+        return []
+    return textwrap.wrap(caption, width=max(20, int(width * 100 / 4.6)))
+
+
+def _caption_text(caption: str | bool, gray: bool) -> str | None:
+    if caption is True:
+        return GRAY_CAPTION if gray else None
+    return caption or None
+
+
 def _tile_figure(
-    rows: int, cols: int, *, suptitle: str | None = None
+    rows: int, cols: int, *, suptitle: str | None = None, caption: str | None = None
 ) -> tuple[Figure, list[list[Axes]]]:
-    """A figure of ``rows x cols`` image tiles of :data:`TILE_INCHES`, each with a title strip."""
+    """A figure of ``rows x cols`` image tiles of :data:`TILE_INCHES`, each with a title strip,
+    and ``caption`` (wrapped) under them."""
     top = 0.4 if suptitle else 0.0
     width = cols * TILE_INCHES
-    height = rows * (TILE_INCHES + TITLE_INCHES) + top
+    lines = _caption_lines(caption, width)
+    bottom_strip = len(lines) * CAPTION_LINE_INCHES + (0.08 if lines else 0.0)
+    height = rows * (TILE_INCHES + TITLE_INCHES) + top + bottom_strip
     figure = _new_figure(width, height)
     axes = []
     for r in range(rows):
@@ -181,6 +219,17 @@ def _tile_figure(
         axes.append(row)
     if suptitle:
         figure.suptitle(suptitle, y=1 - 0.1 / height, va="top")
+    if lines:
+        figure.text(
+            0.5,
+            0.04 / height,
+            "\n".join(lines),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color="0.25",
+            linespacing=1.2,
+        )
     return figure, axes
 
 
@@ -198,14 +247,17 @@ def plot_meis(
     titles: Sequence[str] | None = None,
     ncols: int | None = None,
     suptitle: str | None = None,
+    caption: str | bool = True,
     path: str | Path | None = None,
 ) -> Figure:
-    """A grid of MEIs (or any images), each titled with its title and score.
+    """A grid of MEIs (or any images), each titled with its title and, below it, its score.
 
     ``meis`` is ``(B, C, H, W)`` or a sequence of single images (see the module docstring).
     ``scores`` and ``titles`` have one entry per image; ``ncols`` defaults to ``min(B, 8)``.
-    Images with other than 1 or 3 channels get one tile per channel. With ``path``, the figure
-    is also written there. Each tile is :data:`TILE_INCHES` square at :data:`DPI`.
+    Images with other than 1 or 3 channels get one tile per channel. ``caption``: text under
+    the figure; ``True`` (default) says how gray images are scaled, if there are any. With
+    ``path``, the figure is also written there. Each tile is :data:`TILE_INCHES` square at
+    :data:`DPI`.
     """
     images = _as_images(meis)
     scores = _check_length("scores", scores, len(images))
@@ -213,12 +265,14 @@ def plot_meis(
     tiles = []
     for i, image in enumerate(images):
         base = titles[i] if titles is not None else (f"#{i}" if len(images) > 1 else "")
-        if scores is not None:
-            base = f"{base}  score {_format_value(scores[i])}".strip()
         for data, kwargs, label in _display(image):
-            tiles.append((data, kwargs, f"{base} {label}".strip()))
+            title = f"{base} {label}".strip()
+            if scores is not None:
+                title = f"{title}\nscore {_format_value(scores[i])}".strip()
+            tiles.append((data, kwargs, title))
     rows, cols = _grid(len(tiles), ncols)
-    figure, axes = _tile_figure(rows, cols, suptitle=suptitle)
+    gray = any("cmap" in kwargs for _, kwargs, _ in tiles)
+    figure, axes = _tile_figure(rows, cols, suptitle=suptitle, caption=_caption_text(caption, gray))
     for i, (data, kwargs, title) in enumerate(tiles):
         _draw(axes[i // cols][i % cols], data, kwargs, title)
     if path is not None:
@@ -236,13 +290,15 @@ def plot_mei_pairs(
     labels: tuple[str, str] = ("MEI", "truth"),
     ncols: int | None = None,
     suptitle: str | None = None,
+    caption: str | bool = True,
     path: str | Path | None = None,
 ) -> Figure:
     """Each MEI above its reference (e.g. the neuron's ground-truth filter).
 
     ``meis`` and ``references`` hold the same number of images (any of the accepted forms, with
-    one or three channels). The MEI tile's title shows ``titles[i]`` and the score, the
-    reference tile's the correlation. ``ncols`` pairs per row (default ``min(B, 8)``).
+    one or three channels). The MEI tile's title shows ``titles[i]`` and, below it, the score;
+    the reference tile's its label and the correlation. ``ncols`` pairs per row (default
+    ``min(B, 8)``); ``caption`` as for :func:`plot_meis`.
     """
     mei_images = _as_images(meis)
     reference_images = _as_images(references)
@@ -253,7 +309,10 @@ def plot_mei_pairs(
     correlations = _check_length("correlations", correlations, n)
     titles = _check_length("titles", titles, n)
     rows, cols = _grid(n, ncols)
-    figure, axes = _tile_figure(2 * rows, cols, suptitle=suptitle)
+    gray = any(image.shape[0] == 1 for image in [*mei_images, *reference_images])
+    figure, axes = _tile_figure(
+        2 * rows, cols, suptitle=suptitle, caption=_caption_text(caption, gray)
+    )
     for i in range(n):
         for image, kind in ((mei_images[i], 0), (reference_images[i], 1)):
             if image.shape[0] not in (1, 3):
@@ -265,11 +324,11 @@ def plot_mei_pairs(
                 title = titles[i] if titles is not None else f"#{i}"
                 title = f"{labels[0]} {title}"
                 if scores is not None:
-                    title += f"  {_format_value(scores[i])}"
+                    title += f"\nscore {_format_value(scores[i])}"
             else:
                 title = labels[1]
                 if correlations is not None:
-                    title += f"  r={float(correlations[i]):.2f}"
+                    title += f"\nr = {float(correlations[i]):.2f}"
             _draw(axes[2 * (i // cols) + kind][i % cols], data, kwargs, title)
     if path is not None:
         save_figure(figure, path)
@@ -290,26 +349,53 @@ def _scalar_trace(values: Sequence[Any]) -> np.ndarray | None:
     return np.asarray(result)
 
 
+def _objective_words(name: str) -> str:
+    short = name.rsplit(".", 1)[-1]
+    return OBJECTIVE_WORDS.get(short, short)
+
+
+def _spread(
+    lines: Sequence[tuple[int, np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, and the median, minimum and maximum over ``lines`` at each step (each line
+    counts only over the steps it covers)."""
+    steps = np.unique(np.concatenate([times for _, times, _ in lines]))
+    grid = np.full((len(lines), len(steps)), np.nan)
+    for row, (_, times, values) in enumerate(lines):
+        order = np.argsort(times)
+        times, values = times[order], values[order]
+        inside = (steps >= times[0]) & (steps <= times[-1])
+        grid[row, inside] = np.interp(steps[inside], times, values)
+    return steps, np.nanmedian(grid, 0), np.nanmin(grid, 0), np.nanmax(grid, 0)
+
+
 def plot_trace(
     outputs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     *,
     labels: Sequence[str] | None = None,
     objectives: Sequence[str] | None = None,
     suptitle: str | None = None,
+    max_lines: int = MAX_TRACE_LINES,
     path: str | Path | None = None,
 ) -> Figure:
-    """The optimization trace: each tracked objective's values over the iterations.
+    """The optimization trace: each tracked objective's values over the steps.
 
     ``outputs`` is the ``output`` of a method (``{objective path: {"times": [...],
-    "values": [...]}}``) or a sequence of them, drawn as one line each (``labels`` name them).
-    One panel per objective with numeric values; objectives that record tensors (inputs,
-    gradients) are left out unless named in ``objectives``, which is then an error.
+    "values": [...]}}``) or a sequence of them (one per run, e.g. per neuron). Up to
+    ``max_lines`` runs are drawn as one line each (``labels`` name them in a legend); more
+    runs as their median and the range between the lowest and the highest value at each step,
+    which stays readable for hundreds of neurons. One panel per objective with numeric values,
+    named in words (``EvaluationObjective``: "model response"), with the step on the x axis;
+    objectives that record tensors (inputs, gradients) are left out unless named in
+    ``objectives``, which is then an error.
     """
     if isinstance(outputs, Mapping):
         outputs = [outputs]
     outputs = list(outputs)
     if not outputs:
         raise ValueError("no outputs to plot")
+    if max_lines < 1:
+        raise ValueError(f"max_lines must be positive, got {max_lines}")
     labels = _check_length("labels", labels, len(outputs))
     for i, output in enumerate(outputs):
         if not isinstance(output, Mapping):
@@ -344,27 +430,39 @@ def plot_trace(
                 raise ValueError(
                     f"output {i}[{name!r}] has {len(times)} times and {len(values)} values"
                 )
-            traces.setdefault(name, []).append((i, times, values))
+            if len(times):
+                traces.setdefault(name, []).append((i, times, values))
     plotted = {name: lines for name, lines in traces.items() if lines}
     if not plotted:
         raise ValueError(
             f"no objective with numeric values to plot; objectives found: {names or 'none'}"
         )
-    top = 0.4 if suptitle else 0.0
-    width, panel_height = 5.0, 2.5
+    top = 0.3 if suptitle else 0.0
+    width, panel_height = 6.0, 3.2
     height = panel_height * len(plotted) + top
     figure = _new_figure(width, height)
     for k, (name, lines) in enumerate(plotted.items()):
         bottom = height - top - (k + 1) * panel_height
-        ax = figure.add_axes((0.15, (bottom + 0.45) / height, 0.8, (panel_height - 0.8) / height))
-        for i, times, values in lines:
-            label = labels[i] if labels is not None else None
-            ax.plot(times, values, marker="." if len(times) < 30 else None, label=label)
-        ax.set_title(name.rsplit(".", 1)[-1], fontsize=9)
-        ax.set_xlabel("iteration", fontsize=8)
+        ax = figure.add_axes((0.12, (bottom + 0.5) / height, 0.84, (panel_height - 0.9) / height))
+        words = _objective_words(name)
+        if len(lines) <= max_lines:
+            for i, times, values in lines:
+                label = labels[i] if labels is not None else None
+                ax.plot(times, values, marker="." if len(times) < 30 else None, label=label)
+            runs = f"{len(lines)} MEI{'s' if len(lines) > 1 else ''}"
+            if labels is not None:
+                ax.legend(fontsize=7)
+        else:
+            steps, median, low, high = _spread(lines)
+            ax.fill_between(steps, low, high, color="C0", alpha=0.25, linewidth=0, label="range")
+            ax.plot(steps, median, color="C0", label="median")
+            ax.legend(fontsize=7, loc="lower right")
+            runs = f"median and range of {len(lines)} MEIs"
+        ax.set_title(f"{words} during optimization ({runs})", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(words, fontsize=8)
         ax.tick_params(labelsize=7)
-        if labels is not None and len(lines) <= 10:
-            ax.legend(fontsize=7)
     if suptitle:
         figure.suptitle(suptitle, y=1 - 0.1 / height, va="top")
     if path is not None:
@@ -400,12 +498,13 @@ def plot_frames(
     scores: Sequence[float] | None = None,
     max_frames: int | None = None,
     suptitle: str | None = None,
+    caption: str | bool = True,
     path: str | Path | None = None,
 ) -> Figure:
     """Spatio-temporal MEIs ``(B, C, T, H, W)``: one row per MEI, one tile per frame.
 
     All frames of one MEI share a color scale. ``max_frames`` shows that many frames evenly
-    spread over ``T`` (default: all).
+    spread over ``T`` (default: all). ``caption`` as for :func:`plot_meis`.
     """
     movies = _movie_batch(meis)
     scores = _check_length("scores", scores, len(movies))
@@ -422,7 +521,10 @@ def plot_frames(
             shown = sorted(
                 {round(k * (n_frames - 1) / max(max_frames - 1, 1)) for k in range(max_frames)}
             )
-    figure, axes = _tile_figure(len(movies), len(shown), suptitle=suptitle)
+    gray = any(movie.shape[0] == 1 for movie in movies)
+    figure, axes = _tile_figure(
+        len(movies), len(shown), suptitle=suptitle, caption=_caption_text(caption, gray)
+    )
     for b, movie in enumerate(movies):
         frames, kwargs = _frame_panels(movie)
         for column, t in enumerate(shown):
@@ -430,7 +532,7 @@ def plot_frames(
             if column == 0:
                 title = (f"#{b} " if len(movies) > 1 else "") + title
                 if scores is not None:
-                    title += f"  {_format_value(scores[b])}"
+                    title += f"\nscore {_format_value(scores[b])}"
             _draw(axes[b][column], frames[t], kwargs, title)
     if path is not None:
         save_figure(figure, path)

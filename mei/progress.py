@@ -20,8 +20,9 @@ def progress_enabled(enabled: bool | None = None) -> bool:
 
 @contextlib.contextmanager
 def progress_bar(*, enabled: bool | None = None, **kwargs: Any) -> Iterator[Any]:
-    """A tqdm bar (or ``None`` when disabled), closed on exit."""
-    if not progress_enabled(enabled):
+    """A tqdm bar (or ``None`` when disabled, or when ``total`` is 0: nothing to show), closed
+    on exit."""
+    if not progress_enabled(enabled) or kwargs.get("total") == 0:
         yield None
         return
     from tqdm.auto import tqdm  # imported here: importing mei needs only torch

@@ -1,10 +1,13 @@
-"""Collect the test folders the environment can run.
+"""Collect the test folders the environment can run, and find the database server.
 
 ``tests/engine`` and ``tests/tools`` are always collected (the tools tests that need DataJoint
-2.x skip themselves without it). ``tests/pipeline`` needs DataJoint, either generation (2.x,
-or 0.14 with NNFabrik): its conftest picks the generation's lab and fixtures.
+2.x skip themselves without it). ``tests/pipeline`` and ``tests/examples`` need DataJoint,
+either generation (2.x, or 0.14 with NNFabrik): the pipeline conftest picks the generation's lab
+and fixtures. The server is the one ``DJ_HOST`` names, else an embedded PostgreSQL started for
+the session (DataJoint 2.x): see ``database_testkit``.
 """
 
+import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -17,9 +20,20 @@ try:
 except PackageNotFoundError:
     _DJ_MAJOR = None
 
-collect_ignore = ["pipeline"] if _DJ_MAJOR is None else []
+collect_ignore = ["pipeline", "examples"] if _DJ_MAJOR is None else []
 
 
 def pytest_report_header(config):
     found = "not installed" if _DJ_MAJOR is None else version("datajoint")
-    return f"datajoint: {found}; skipped test folders: {', '.join(collect_ignore) or 'none'}"
+    header = [f"datajoint: {found}; skipped test folders: {', '.join(collect_ignore) or 'none'}"]
+    if os.environ.get("DJ_HOST"):
+        header.append(f"database server: DJ_HOST={os.environ['DJ_HOST']}")
+    else:
+        header.append("database server: none named (DJ_HOST); an embedded PostgreSQL if needed")
+    return header
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import database_testkit
+
+    database_testkit.shutdown()

@@ -16,9 +16,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ..errors import MEIError
 from . import db, demo, generate, status, worker
-from .common import CLIError, err, version
+from .common import CLIError, describe_error, err, version
 from .generate import parse_units
 
 __all__ = ["CLIError", "build_parser", "main", "parse_units"]
@@ -39,20 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``mei`` with ``argv`` (default: the command line); return the exit status."""
+    """Run ``mei`` with ``argv`` (default: the command line); return the exit status.
+
+    Any of mei's own errors (:class:`mei.errors.MEIError` and its subclasses), operating system
+    errors (a full disk, a missing file) and DataJoint's or the database clients' errors are
+    printed as one line, ``mei COMMAND: error: ...``, with exit status 1; anything else is a
+    bug and shows its traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    prefix = f"mei {args.command}: error:"
+    command = args.command if args.command != "db" else f"db {args.action}"
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:
-        err(f"mei {args.command}: interrupted")
+        err(f"mei {command}: interrupted")
         return 130
-    except (MEIError, FileNotFoundError, PermissionError) as e:
-        err(f"{prefix} {e}")
-        return 1
     except Exception as e:
-        if type(e).__module__.split(".")[0] in ("datajoint", "pymysql", "psycopg2"):
-            err(f"{prefix} {type(e).__name__}: {e}")
-            return 1
-        raise
+        message = describe_error(e)
+        if message is None:
+            raise
+        err(f"mei {command}: error: {message}")
+        return 1

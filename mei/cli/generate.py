@@ -8,7 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import CLIError, err, set_quiet, working_directory_importable
+from .common import (
+    CLIError,
+    check_device,
+    err,
+    prepare_output_dir,
+    set_quiet,
+    working_directory_importable,
+)
 
 
 def parse_units(spec: str, n_units: int | None = None) -> list[int]:
@@ -165,6 +172,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     config = _read_config(Path(args.config))
     if args.device is not None:
+        check_device(args.device)
         config["device"] = args.device
     config.setdefault("device", "cpu")
     resolve_config(config)  # ConfigError (a user error) before the model is built
@@ -184,7 +192,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         )
     n_units = _output_count(model, shape)
     units = parse_units(args.units, n_units)
-    out = Path(args.out)
+    # before the optimization: a wrong --out must not cost the run
+    out = prepare_output_dir(args.out, ("meis.pt", "results.pt", "meis.png", "meis.gif"))
     err(f"mei generate: {len(units)} unit(s) of {args.model}, input {shape}, seed {args.seed}")
     start = time.perf_counter()
     results = gradient_ascent_units(
@@ -193,7 +202,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     meis = torch.cat([mei for mei, _, _ in results])
     scores = [score for _, score, _ in results]
-    out.mkdir(parents=True, exist_ok=True)
     written = [out / "meis.pt", out / "results.pt"]
     torch.save(meis, written[0])
     torch.save(

@@ -1,4 +1,4 @@
-"""``mei status``: how far an MEI table's populate has come."""
+"""``mei status``: how far an MEI table's populate has come; clear its error jobs."""
 
 from __future__ import annotations
 
@@ -6,33 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .common import (
-    DATABASE_HELP,
-    CLIError,
-    check_connection,
-    import_datajoint,
-    use_database,
-    working_directory_importable,
-)
-
-
-def _load_table(path: str) -> Any:
-    from ..import_helpers import resolve_path
-
-    working_directory_importable()
-    try:
-        obj = resolve_path(path)
-    except (ImportError, ValueError) as e:
-        raise CLIError(f"cannot import the table {path!r}: {e}") from None
-    table = obj() if isinstance(obj, type) else obj
-    if not (hasattr(table, "populate") and hasattr(table, "progress")):
-        raise CLIError(f"{path} is not a computed DataJoint table (it has no populate())")
-    if getattr(table, "database", None) is None:
-        raise CLIError(
-            f"the schema of {path} is not activated: activate it when its module is imported "
-            "(e.g. `schema = dj.Schema('name')` or `schema.activate('name')`)"
-        )
-    return table
+from .common import DATABASE_HELP, table_database, why_nothing_to_compute
 
 
 def table_status(table: Any) -> dict[str, int]:
@@ -56,35 +30,51 @@ def table_status(table: Any) -> dict[str, int]:
     }
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    dj = import_datajoint()
-    # The table's module may configure DataJoint and connect when imported: import it after
-    # choosing the database, and check the connection after importing it.
-    use_database(args.database, start=False, connect=False)
-    table = _load_table(args.table)
-    check_connection(dj)
-    status = table_status(table)
-    if args.json:
-        print(json.dumps({"table": args.table, **status}))
-        return 0
-    print(f"{args.table} ({table.full_table_name})")
-    notes = {
-        "total": "keys to compute",
-        "done": "rows in the table",
-        "pending": "waiting for a worker",
-        "reserved": "being computed now",
-        "errors": "failed; see --errors",
-        "ignored": "marked to skip",
-    }
-    for name, value in status.items():
-        print(f"  {name:<9} {value:>7}   {notes[name]}")
-    if args.errors:
-        from ..dj.backend import backend
+def clear_errors(table: Any) -> int:
+    """Delete the error jobs of ``table``, so that workers compute those keys again; return
+    how many there were."""
+    from ..dj.backend import backend
 
-        for job in backend().jobs(table, declare=False).errors():
-            key = job["key"]
-            message = str(job.get("error_message", "")).strip().splitlines()
-            print(f"  error {key}: {message[0] if message else ''}")
+    queue = backend().jobs(table, declare=False)
+    failed = [job["key"] for job in queue.errors()]
+    if failed:
+        queue.release_many(failed)
+    return len(failed)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    with table_database(args.database, args.table) as (table, _):
+        cleared = clear_errors(table) if args.clear_errors else None
+        status = table_status(table)
+        note = why_nothing_to_compute(table) if status["total"] == 0 else None
+        if args.json:
+            extra: dict[str, Any] = {} if cleared is None else {"cleared_errors": cleared}
+            if note:
+                extra["note"] = f"nothing to compute: {note}"
+            print(json.dumps({"table": args.table, **status, **extra}))
+            return 0
+        if cleared is not None:
+            print(f"cleared {cleared} error job(s): workers compute those keys again")
+        print(f"{args.table} ({table.full_table_name})")
+        notes = {
+            "total": "keys to compute",
+            "done": "rows in the table",
+            "pending": "waiting for a worker",
+            "reserved": "being computed now",
+            "errors": "failed; see --errors, retry with --clear-errors",
+            "ignored": "marked to skip",
+        }
+        for name, value in status.items():
+            print(f"  {name:<9} {value:>7}   {notes[name]}")
+        if note:
+            print(f"nothing to compute: {note}")
+        if args.errors:
+            from ..dj.backend import backend
+
+            for job in backend().jobs(table, declare=False).errors():
+                key = job["key"]
+                message = str(job.get("error_message", "")).strip().splitlines()
+                print(f"  error {key}: {message[0] if message else ''}")
     return 0
 
 
@@ -97,7 +87,8 @@ def add_parser(commands: Any) -> Any:
             "Show how far the populate of a computed table has come: keys in total, done, "
             "pending, reserved (being computed), errors, from the table and its jobs. TABLE is "
             "a dotted path module.Class to the table class; its module must activate its schema "
-            "when imported. The current directory is importable."
+            "when imported. The current directory is importable. The database is chosen as for "
+            "`mei worker`: the configured one, else the embedded one if it is running."
         ),
     )
     status.add_argument("table", metavar="TABLE", help="dotted path to the table, e.g. lab.MEI")
@@ -108,6 +99,11 @@ def add_parser(commands: Any) -> Any:
         help=DATABASE_HELP.replace("default: %(default)s", "default: auto; never starts a server"),
     )
     status.add_argument("--errors", action="store_true", help="list the failed keys and messages")
+    status.add_argument(
+        "--clear-errors",
+        action="store_true",
+        help="delete the error jobs first, so that workers compute those keys again",
+    )
     status.add_argument("--json", action="store_true", help="print the counts as JSON")
     status.set_defaults(handler=_cmd_status)
     return status

@@ -6,10 +6,11 @@ One scenario suite runs in three setups:
 - DataJoint 2.x on MySQL/MariaDB (``MEI_TEST_BACKEND=mysql``),
 - DataJoint 0.14 with real NNFabrik 0.2.1 tables on MySQL/MariaDB.
 
-The generation comes from ``mei.dj.backend.backend().generation`` (2 or 0). The server address
-comes from DataJoint's environment variables (2.x: ``DJ_HOST``, ``DJ_PORT``; 0.14: ``DJ_HOST``
-as ``host:port``; both ``DJ_USER``, ``DJ_PASS``); where they are unset the local development
-servers are assumed (``127.0.0.1``, user ``postgres`` or ``root``, no password).
+The generation comes from ``mei.dj.backend.backend().generation`` (2 or 0). The server is the
+one DataJoint's environment variables name (2.x: ``DJ_HOST``, ``DJ_PORT``; 0.14: ``DJ_HOST``
+as ``host:port``; both ``DJ_USER``, ``DJ_PASS``); without ``DJ_HOST``, on DataJoint 2.x, an
+embedded PostgreSQL started for the session (``tests/database_testkit.py``). A server that is
+not named is never assumed.
 
 Fixtures (the same names and meaning on both generations):
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import os
 
+import database_testkit
 import datajoint as dj
 import labs
 import pytest
@@ -47,17 +49,9 @@ from mei_testkit import unavailable, unique_name
 from mei.dj.backend import backend
 
 GENERATION = backend().generation
-if GENERATION == 2:
-    BACKEND = os.environ.get("MEI_TEST_BACKEND", "postgresql")
-    if BACKEND not in ("postgresql", "mysql"):
-        raise ValueError(f"MEI_TEST_BACKEND must be 'postgresql' or 'mysql', got {BACKEND!r}")
-else:
-    BACKEND = "mysql"  # DataJoint 0.14 has no PostgreSQL backend
+BACKEND = database_testkit.backend_under_test()
+if GENERATION == 0:
     labs.alias_collections()
-_DEFAULTS = {
-    "postgresql": {"port": 5432, "user": "postgres"},
-    "mysql": {"port": 3306, "user": "root"},
-}[BACKEND]
 _NAMES = {2: "DataJoint 2.x", 0: "DataJoint 0.14"}
 
 
@@ -84,19 +78,22 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _configure(store_dir) -> str:
-    """Point DataJoint at the test server and store; return the server's address."""
-    dj.config["database.user"] = os.environ.get("DJ_USER", _DEFAULTS["user"])
-    dj.config["database.password"] = os.environ.get("DJ_PASS", "")
+    """Point DataJoint at the test server and store; return a description of the server."""
+    server = database_testkit.session_server()
+    if server is None:
+        unavailable(database_testkit.why_unavailable())
+    env = server.env
+    dj.config["database.user"] = env["DJ_USER"]
+    dj.config["database.password"] = env["DJ_PASS"]
     dj.config["database.use_tls"] = False
     dj.config["stores"] = {"minio": {"protocol": "file", "location": str(store_dir)}}
+    dj.config["database.host"] = env["DJ_HOST"]
     if GENERATION == 2:
-        dj.config["database.backend"] = BACKEND
-        dj.config["database.host"] = os.environ.get("DJ_HOST", "127.0.0.1")
-        dj.config["database.port"] = int(os.environ.get("DJ_PORT", _DEFAULTS["port"]))
-        return f"{dj.config['database.host']}:{dj.config['database.port']}"
-    dj.config["database.host"] = os.environ.get("DJ_HOST", f"127.0.0.1:{_DEFAULTS['port']}")
-    dj.config["safemode"] = False
-    return dj.config["database.host"]
+        dj.config["database.backend"] = env["DJ_BACKEND"]
+        dj.config["database.port"] = int(env["DJ_PORT"])
+    else:
+        dj.config["safemode"] = False
+    return server.description
 
 
 @pytest.fixture(scope="session")
@@ -107,12 +104,12 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def connection(store):
-    address = _configure(store)
+    where = _configure(store)
     try:
         conn = dj.conn(reset=True)
         conn.ping()
     except Exception as e:  # any failure to connect: report the server, never credentials
-        unavailable(f"no {BACKEND} server at {address} ({type(e).__name__})")
+        unavailable(f"cannot reach {where} ({type(e).__name__})")
     return conn
 
 

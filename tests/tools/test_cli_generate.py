@@ -87,7 +87,39 @@ def test_generate_writes_what_it_says(tmp_path):
     printed = [float(line.split()[1]) for line in result.stdout.splitlines()[1:6]]
     assert printed == pytest.approx(results["scores"], abs=1e-4)
     # one tile per unit, in one row
-    assert png_size(out / "meis.png") == (5 * 150, 180)
+    assert png_size(out / "meis.png") == (5 * 150, 190 + 25)  # tiles, a one-line caption
+
+
+def test_a_wrong_out_is_refused_before_the_optimization(tmp_path):
+    """A config of ten million steps: the refusal must come before them, or this never ends."""
+    endless = {
+        **CONFIG,
+        "stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 10**7}},
+    }
+    (tmp_path / "endless.json").write_text(json.dumps(endless))
+    (tmp_path / "taken").write_text("a file, not a folder")
+    (tmp_path / "figures" / "meis.png").mkdir(parents=True)
+    cases = {
+        "taken": "--out taken: is a file, not a folder; choose another --out",
+        "taken/sub": "--out taken/sub: cannot write there (Not a directory); choose another --out",
+        "figures": "--out figures: figures/meis.png is in the way (not a file); move it",
+    }
+    for out, message in cases.items():
+        result = run_mei(
+            "generate",
+            "mei.zoo.v1_model",
+            "-c",
+            "endless.json",
+            "-u",
+            "0",
+            "--out",
+            out,
+            env=base_env(),
+            cwd=tmp_path,
+            timeout=120,
+        )
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.strip() == f"mei generate: error: {message}"
 
 
 def test_spatiotemporal_models_get_frames_and_a_gif(tmp_path, config_file):
@@ -128,7 +160,7 @@ def test_spatiotemporal_models_get_frames_and_a_gif(tmp_path, config_file):
     assert result.returncode == 0, result.stderr
     meis = torch.load(tmp_path / "movies" / "meis.pt", weights_only=True)
     assert meis.shape == (2, 1, 4, 6, 6)  # --units all: both units of the model
-    assert png_size(tmp_path / "movies" / "meis.png") == (4 * 150, 2 * 180)
+    assert png_size(tmp_path / "movies" / "meis.png") == (4 * 150, 2 * 190 + 25)
     from PIL import Image
 
     assert Image.open(tmp_path / "movies" / "meis.gif").n_frames == 4
@@ -161,7 +193,7 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
             ("--config", "@optimizer_typo"),
             "config['optimizer'] (torch.optim.SGD): does not accept argument(s) ['momentun']",
         ),
-        (("--config", "@ok", "--device", "cuda:7"), "config['device']"),
+        (("--config", "@ok", "--device", "cuda:7"), "--device cuda:7: "),
         (
             ("--config", "@ok", "--units", "0-40"),
             "unit(s) [32, 33, 34, 35, 36, 37, 38, 39, 40] out of range; the model's units are 0..31",
@@ -259,7 +291,7 @@ def test_bad_arguments_exit_with_status_2(capsys, args, message):
 def test_demo_checks_its_arguments_before_any_database(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("MEI_DATA_DIR", str(tmp_path / "data"))
     code, _, err = run_main(capsys, "demo", "--device", "cuda:7")
-    assert code == 1 and "mei demo: error: config['device']" in err
+    assert code == 1 and "mei demo: error: --device cuda:7: " in err
     code, _, err = run_main(capsys, "demo", "--steps", "0")
     assert code == 1 and "--steps must be positive, got 0" in err
     assert not (tmp_path / "data").exists()

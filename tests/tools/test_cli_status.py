@@ -92,6 +92,26 @@ def test_status_counts_done_pending_reserved_and_errors(lab):
     assert "error {'item': 4}: ValueError: item 4 is unlucky" in text.stdout
 
 
+def test_clear_errors_returns_the_failed_keys_to_the_queue(lab):
+    cwd, env = lab
+    run_python(SETUP, env=env, cwd=cwd)
+    result = run_mei("status", "lab.Square", "--clear-errors", "--json", env=env, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout)
+    assert counts["cleared_errors"] == 1
+    assert (counts["errors"], counts["pending"], counts["reserved"]) == (0, 4, 1)
+    # the key is computed again (and fails again: it is unlucky)
+    run_python(
+        "import lab; lab.Square().populate('item = 4', reserve_jobs=True, suppress_errors=True)",
+        env=env,
+        cwd=cwd,
+    )
+    again = run_mei("status", "lab.Square", "--json", env=env, cwd=cwd)
+    assert json.loads(again.stdout)["errors"] == 1
+    text = run_mei("status", "lab.Square", "--clear-errors", env=env, cwd=cwd)
+    assert text.stdout.startswith("cleared 1 error job(s): workers compute those keys again")
+
+
 def test_status_before_any_populate_reads_no_jobs_and_creates_none(lab):
     cwd, env = lab
     run_python("import lab; lab.Item().insert1({'item': 1})", env=env, cwd=cwd)
@@ -127,5 +147,6 @@ def test_status_on_a_stopped_embedded_database_says_how_to_start_it():
     with shared_directory() as directory:
         env = base_env(directory / "data")
         result = run_mei("status", "lab.Square", "--database", "embedded", env=env, cwd=directory)
+        assert not (directory / "data").exists()  # looking created nothing
     assert result.returncode == 1
     assert "the embedded database in" in result.stderr and "`mei db start`" in result.stderr

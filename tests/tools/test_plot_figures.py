@@ -19,6 +19,16 @@ TILE = int(plot.TILE_INCHES * plot.DPI)
 TILE_HEIGHT = int((plot.TILE_INCHES + plot.TITLE_INCHES) * plot.DPI)
 
 
+def caption_height(lines: int) -> int:
+    """Pixels of a caption of ``lines`` lines under the tiles."""
+    return round((lines * plot.CAPTION_LINE_INCHES + 0.08) * plot.DPI) if lines else 0
+
+
+def caption(figure) -> str:
+    """The caption under a figure's tiles (its figure-level text), as one line."""
+    return " ".join(" ".join(t.get_text() for t in figure.texts).split())
+
+
 def halves(n: int = 1, channels: int = 1, size: int = 16) -> torch.Tensor:
     """Images whose left half is +1 and right half -1."""
     x = torch.ones(n, channels, size, size)
@@ -45,10 +55,11 @@ def test_grid_size_titles_and_gray_contents(tmp_path):
     path = tmp_path / "grid.png"
     images = halves(10)
     figure = plot.plot_meis(images, scores=torch.arange(10) / 4, path=path)
-    # 10 images: 8 per row, 2 rows of tiles with a title strip each
-    assert png_size(path) == (8 * TILE, 2 * TILE_HEIGHT)
+    # 10 images: 8 per row, 2 rows of tiles with a title strip each, a one-line caption
+    assert png_size(path) == (8 * TILE, 2 * TILE_HEIGHT + caption_height(1))
     titles = [ax.get_title() for ax in figure.axes]
-    assert titles[:3] == ["#0  score 0", "#1  score 0.25", "#2  score 0.5"]
+    assert titles[:3] == ["#0\nscore 0", "#1\nscore 0.25", "#2\nscore 0.5"]
+    assert caption(figure) == plot.GRAY_CAPTION  # mid-gray is zero, said under the figure
     assert [ax.has_data() for ax in figure.axes] == [True] * 10 + [False] * 6
     saved = read_png(path)
     tile = pixels_of(figure, figure.axes[0], saved)
@@ -61,22 +72,24 @@ def test_color_images_are_drawn_in_rgb(tmp_path):
     red[:, 0] = 1.0
     path = tmp_path / "red.png"
     figure = plot.plot_meis(red, titles=["red"], path=path)
-    assert png_size(path) == (TILE, TILE_HEIGHT)
+    assert png_size(path) == (TILE, TILE_HEIGHT)  # no gray image, no caption
+    assert caption(figure) == ""
     tile = pixels_of(figure, figure.axes[0], read_png(path))
     assert tile[..., 0].mean() > 0.95 and tile[..., 1:].mean() < 0.05
     assert figure.axes[0].get_title() == "red"
 
 
 def test_other_channel_counts_get_a_tile_per_channel(tmp_path):
-    figure = plot.plot_meis(halves(2, channels=2), path=tmp_path / "two.png")
+    figure = plot.plot_meis(halves(2, channels=2), caption=False, path=tmp_path / "two.png")
     assert [ax.get_title() for ax in figure.axes] == ["#0 ch 0", "#0 ch 1", "#1 ch 0", "#1 ch 1"]
     assert png_size(tmp_path / "two.png") == (4 * TILE, TILE_HEIGHT)
 
 
 def test_a_list_of_single_meis_is_accepted(tmp_path):
     meis = [halves(1), halves(1)[0], halves(1)[0, 0]]  # (1,C,H,W), (C,H,W), (H,W)
-    figure = plot.plot_meis(meis, ncols=2, path=tmp_path / "list.png")
-    assert png_size(tmp_path / "list.png") == (2 * TILE, 2 * TILE_HEIGHT)
+    figure = plot.plot_meis(meis, ncols=2, caption="zero is gray", path=tmp_path / "list.png")
+    assert png_size(tmp_path / "list.png") == (2 * TILE, 2 * TILE_HEIGHT + caption_height(1))
+    assert caption(figure) == "zero is gray"
     assert sum(ax.has_data() for ax in figure.axes) == 3
 
 
@@ -84,11 +97,19 @@ def test_pairs_put_each_mei_above_its_reference(tmp_path):
     path = tmp_path / "pairs.png"
     meis, references = halves(3), -halves(3)
     figure = plot.plot_mei_pairs(
-        meis, references, scores=[1.0, 2.0, 3.0], correlations=[0.9, 0.95, 1.0], path=path
+        meis,
+        references,
+        scores=[1.0, 2.0, 3.0],
+        correlations=[0.9, 0.95, 1.0],
+        titles=["0 gabor", "1 gabor", "2 ON center"],
+        path=path,
     )
-    assert png_size(path) == (3 * TILE, 2 * TILE_HEIGHT)
+    # the caption is wrapped to the figure's width: 3 tiles hold it in 2 lines
+    assert png_size(path) == (3 * TILE, 2 * TILE_HEIGHT + caption_height(2))
     top, bottom = figure.axes[0], figure.axes[3]
-    assert top.get_title() == "MEI #0  1" and bottom.get_title() == "truth  r=0.90"
+    assert top.get_title() == "MEI 0 gabor\nscore 1" and bottom.get_title() == "truth\nr = 0.90"
+    assert figure.axes[2].get_title() == "MEI 2 ON center\nscore 3"
+    assert caption(figure) == plot.GRAY_CAPTION
     saved = read_png(path)
     above, below = pixels_of(figure, top, saved), pixels_of(figure, bottom, saved)
     assert above[:, :4].mean() > 0.95 and below[:, :4].mean() < 0.05  # references are negated
@@ -117,13 +138,41 @@ def test_trace_draws_every_numeric_objective_of_every_output(tmp_path):
     ]
     path = tmp_path / "trace.png"
     figure = plot.plot_trace(outputs, labels=["a", "b"], path=path)
-    assert png_size(path) == (500, 250)  # one panel: the input objective has no numbers
+    assert png_size(path) == (600, 320)  # one panel: the input objective has no numbers
     [ax] = figure.axes
-    assert ax.get_title() == "EvaluationObjective"
+    assert ax.get_title() == "model response during optimization (2 MEIs)"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("step", "model response")
     lines = ax.get_lines()
     assert [list(line.get_ydata()) for line in lines] == [[1.0, 2.0, 3.0], [2.0, 4.0, 6.0]]
     assert [list(line.get_xdata()) for line in lines][0] == [0.0, 10.0, 20.0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+
+
+def test_many_traces_are_drawn_as_their_median_and_range(tmp_path):
+    """32 runs: not 32 tangled lines but the median of each step and the band from the lowest
+    to the highest value; runs that record other steps count where they have values."""
+    outputs = [
+        {"mei.objectives.EvaluationObjective": {"times": [0, 5, 10], "values": [k, 2 * k, 3 * k]}}
+        for k in range(1, 32)
+    ]
+    outputs.append({"mei.objectives.EvaluationObjective": {"times": [0, 10], "values": [0, 60]}})
+    path = tmp_path / "many.png"
+    figure = plot.plot_trace(outputs, suptitle="32 neurons", path=path)
+    assert png_size(path) == (600, 350)
+    [ax] = figure.axes
+    assert ax.get_title() == "model response during optimization (median and range of 32 MEIs)"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("step", "model response")
+    [median] = ax.get_lines()
+    assert list(median.get_xdata()) == [0, 5, 10]
+    # step 5: the last run has no value of its own there and is interpolated (30)
+    assert list(median.get_ydata()) == [15.5, 31.0, 49.5]
+    [band] = ax.collections
+    vertices = band.get_paths()[0].vertices
+    assert vertices[:, 1].min() == 0 and vertices[:, 1].max() == 93  # lowest to highest
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["range", "median"]
+    assert figure.texts[0].get_text() == "32 neurons"
+    few = plot.plot_trace(outputs[:3], max_lines=3)
+    assert len(few.axes[0].get_lines()) == 3  # few runs: one line each
 
 
 def test_trace_with_nothing_numeric_is_an_error():
@@ -146,12 +195,12 @@ def movies() -> torch.Tensor:
 def test_frames_show_chosen_frames_per_mei(tmp_path):
     path = tmp_path / "frames.png"
     figure = plot.plot_frames(movies(), scores=[1.5, 2.5], max_frames=3, path=path)
-    assert png_size(path) == (3 * TILE, 2 * TILE_HEIGHT)
+    assert png_size(path) == (3 * TILE, 2 * TILE_HEIGHT + caption_height(2))
     assert [ax.get_title() for ax in figure.axes] == [
-        "#0 t=0  1.5",
+        "#0 t=0\nscore 1.5",
         "t=2",
         "t=5",
-        "#1 t=0  2.5",
+        "#1 t=0\nscore 2.5",
         "t=2",
         "t=5",
     ]

@@ -24,7 +24,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIRE_DB = os.environ.get("MEI_TEST_REQUIRE_DB", "") not in ("", "0")
-BACKEND = os.environ.get("MEI_TEST_BACKEND", "postgresql")
 DJ_VARIABLES = (
     "DJ_HOST",
     "DJ_PORT",
@@ -35,6 +34,7 @@ DJ_VARIABLES = (
     "DJ_DATABASE_NAME",
     "DJ_DATABASE_PREFIX",
     "DJ_USE_TLS",
+    "DJ_IGNORE_CONFIG_FILE",
 )
 
 
@@ -87,33 +87,23 @@ def base_env(data_dir: Path | None = None, **extra: str) -> dict[str, str]:
     return env
 
 
-def server_env() -> dict[str, str]:
-    """DataJoint settings for the configured test server (PostgreSQL unless
-    ``MEI_TEST_BACKEND=mysql``); the ``DJ_*`` variables of the environment win."""
-    defaults = {
-        "postgresql": {"DJ_PORT": "5432", "DJ_USER": "postgres"},
-        "mysql": {"DJ_PORT": "3306", "DJ_USER": "root"},
-    }[BACKEND]
-    env = {
-        "DJ_BACKEND": BACKEND,
-        "DJ_HOST": os.environ.get("DJ_HOST", "127.0.0.1"),
-        "DJ_PORT": os.environ.get("DJ_PORT", defaults["DJ_PORT"]),
-        "DJ_USER": os.environ.get("DJ_USER", defaults["DJ_USER"]),
-        "DJ_PASS": os.environ.get("DJ_PASS", ""),
-        "DJ_USE_TLS": os.environ.get("DJ_USE_TLS", "false"),  # the local servers have no TLS
-    }
-    return env
-
-
 def require_server() -> dict[str, str]:
-    """The configured server's settings, or skip (fail in CI) when it cannot be reached."""
+    """DataJoint 2.x settings (``DJ_*`` variables) for the tests' server: the one ``DJ_HOST``
+    names, else the session's embedded PostgreSQL (``tests/database_testkit.py``); skip (fail
+    in CI) when there is none or it cannot be reached."""
+    import database_testkit
+
     require_datajoint2()
-    env = server_env()
-    host, port = env["DJ_HOST"], int(env["DJ_PORT"])
-    try:
-        socket.create_connection((host, port), timeout=3).close()
-    except OSError as e:
-        unavailable(f"no {BACKEND} server at {host}:{port} ({type(e).__name__})")
+    server = database_testkit.session_server()
+    if server is None:
+        unavailable(database_testkit.why_unavailable())
+    env = dict(server.env)
+    if server.embedded is None:  # a TCP server: is it there?
+        host, port = env["DJ_HOST"], int(env["DJ_PORT"])
+        try:
+            socket.create_connection((host, port), timeout=3).close()
+        except OSError as e:
+            unavailable(f"no {server.backend} server at {host}:{port} ({type(e).__name__})")
     return env
 
 
@@ -188,3 +178,22 @@ def stop_embedded(data_dir: Path) -> None:
     """Stop an embedded server left running in ``data_dir`` (a test that failed midway)."""
     if (data_dir / "postgres" / "postmaster.pid").exists():
         run_mei("db", "stop", env=base_env(data_dir), cwd=data_dir, timeout=120)
+
+
+@contextmanager
+def small_disk(size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` that other accounts can enter (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small disk needs root (CI runs as root)")
+    with shared_directory() as directory:
+        mount = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=755", "tmpfs", str(directory)],
+            capture_output=True,
+            text=True,
+        )
+        if mount.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+        try:
+            yield directory
+        finally:
+            subprocess.run(["umount", "-l", str(directory)], check=False)
