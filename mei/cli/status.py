@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from .common import DATABASE_HELP, table_database, why_nothing_to_compute
+from ..dj.explain import why_nothing_to_compute
+from .common import DATABASE_HELP, table_database
 
 
 def table_status(table: Any) -> dict[str, int]:

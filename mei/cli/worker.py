@@ -19,14 +19,8 @@ import logging
 import sys
 from typing import Any
 
-from .common import (
-    DATABASE_HELP,
-    check_device,
-    check_store,
-    err,
-    table_database,
-    why_nothing_to_compute,
-)
+from ..dj.explain import why_nothing_to_compute
+from .common import DATABASE_HELP, check_device, check_store, err, table_database
 
 
 def _restriction(text: str) -> Any:

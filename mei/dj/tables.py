@@ -7,6 +7,7 @@ and get their few generation-specific type names from the :class:`~mei.dj.backen
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,10 +20,13 @@ from ..modules import ConstrainedOutputModel, EnsembleModel
 from . import populate as _populate
 from . import run
 from .backend import backend, exclusive
+from .explain import empty_inputs, why_nothing_to_compute
 from .hashing import find_unhashable, hash_list_of_dictionaries, make_hash
 from .helpers import get_mappings, import_module
 from .model_cache import ModelLoader
 from .run import KEYED_COMPONENTS, METHOD_FN_MAX_LENGTH, Key, validate_method
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CSRFV1ObjectiveTemplateMixin",
@@ -36,6 +40,17 @@ __all__ = [
     "RequiredLink",
     "TrainedEnsembleModelTemplateMixin",
 ]
+
+
+def _say_why_nothing(table: Any) -> None:
+    """Warn when a linked table is empty, so ``populate()`` has nothing to compute and would
+    otherwise return silently."""
+    if empty_inputs(table):
+        logger.warning(
+            "%s.populate: nothing to compute: %s",
+            type(table).__name__,
+            why_nothing_to_compute(table),
+        )
 
 
 if TYPE_CHECKING:
@@ -541,6 +556,7 @@ class MEITemplateMixin(_ModelTableMixin):
         override redirects them) are refused before anything is reserved or computed:
         :class:`mei.errors.DeviceUnavailableError` (:func:`mei.dj.populate.check_devices`).
         """
+        _say_why_nothing(self)
         if batch_size is None:
             _populate.check_devices(self, *restrictions)
             with exclusive(self.connection, f"{type(self).__name__}.populate"):

@@ -3,6 +3,7 @@ hand-written lab, on 0.14 with real NNFabrik 0.2.1 tables."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import labs
@@ -122,12 +123,17 @@ def test_create_ensemble(lab, mei_main):
     assert len(lab.TrainedEnsembleModel()) == 2
 
 
-def test_populate_without_method_or_seed_does_nothing(lab, mei_main, store):
+def test_populate_without_method_or_seed_does_nothing_and_says_why(lab, mei_main, store, caplog):
     _ready(lab, lab.ensemble_restriction)
     before = stored_files(store)
-    lab.MEI().populate()
+    with caplog.at_level(logging.WARNING, logger="mei.dj.tables"):
+        lab.MEI().populate()
+    assert "nothing to compute" in caplog.text and "MEIMethod, MEISeed have no rows" in caplog.text
     mei_main.MEIMethod().add_method("mei.methods.gradient_ascent", METHOD_CONFIG)
-    lab.MEI().populate()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mei.dj.tables"):
+        lab.MEI().populate(batch_size=4)
+    assert "MEISeed has no rows" in caplog.text and 'insert1({"mei_seed": 42})' in caplog.text
     assert len(lab.MEI()) == 0
     mei_main.MEIMethod().delete_quick()
     mei_main.MEISeed().insert1({"mei_seed": SEED})
