@@ -1060,6 +1060,25 @@ class GaussianBlurforRing(_MaskedBlur):
 class _CenterMaskedBlur(_MaskedBlur):
     center_mask: Tensor
 
+    def __init__(
+        self,
+        sigma: float | tuple[float, float],
+        key: Mapping[str, Any] | None,
+        decay_factor: float | None = None,
+        truncate: float = 4,
+        mask_thres: float = 0.3,
+        pad_mode: str = "reflect",
+        *,
+        mei_table: Any = None,
+        center_mask: Tensor | None = None,
+        download_path: str | None = None,
+    ):
+        self.sigma = _pair(sigma)
+        self.decay_factor = decay_factor
+        self.truncate = truncate
+        self.pad_mode = pad_mode
+        self._load_center(key, mask_thres, mei_table, center_mask, download_path)
+
     def _load_center(
         self,
         key: Mapping[str, Any] | None,
@@ -1092,25 +1111,6 @@ class GaussianBlurforCenter(_CenterMaskedBlur):
     the 0/1 mask itself as ``center_mask``. Fixed as :class:`GaussianBlurforRing`.
     """
 
-    def __init__(
-        self,
-        sigma: float | tuple[float, float],
-        key: Mapping[str, Any] | None,
-        decay_factor: float | None = None,
-        truncate: float = 4,
-        mask_thres: float = 0.3,
-        pad_mode: str = "reflect",
-        *,
-        mei_table: Any = None,
-        center_mask: Tensor | None = None,
-        download_path: str | None = None,
-    ):
-        self.sigma = _pair(sigma)
-        self.decay_factor = decay_factor
-        self.truncate = truncate
-        self.pad_mode = pad_mode
-        self._load_center(key, mask_thres, mei_table, center_mask, download_path)
-
     def _mask(self) -> Tensor:
         return self.center_mask
 
@@ -1118,25 +1118,6 @@ class GaussianBlurforCenter(_CenterMaskedBlur):
 class GaussianBlurforSurround(_CenterMaskedBlur):
     """:class:`GaussianBlur`, then zero everything inside the center mask (see
     :class:`GaussianBlurforCenter`: the same arguments), keeping the surround."""
-
-    def __init__(
-        self,
-        sigma: float | tuple[float, float],
-        key: Mapping[str, Any] | None,
-        decay_factor: float | None = None,
-        truncate: float = 4,
-        mask_thres: float = 0.3,
-        pad_mode: str = "reflect",
-        *,
-        mei_table: Any = None,
-        center_mask: Tensor | None = None,
-        download_path: str | None = None,
-    ):
-        self.sigma = _pair(sigma)
-        self.decay_factor = decay_factor
-        self.truncate = truncate
-        self.pad_mode = pad_mode
-        self._load_center(key, mask_thres, mei_table, center_mask, download_path)
 
     def _mask(self) -> Tensor:
         return 1 - self.center_mask
