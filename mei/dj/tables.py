@@ -42,6 +42,30 @@ __all__ = [
 ]
 
 
+def _one_dataset(dataset_table: Any, key: Mapping[str, Any]) -> Key:
+    """The key of the one row of ``dataset_table`` that ``key`` restricts it to."""
+    datasets = backend().keys(dataset_table() & key)
+    if len(datasets) != 1:
+        raise ValueError(
+            f"key {dict(key)!r} must restrict {dataset_table.__name__} to exactly one "
+            f"entry, it matches {len(datasets)}"
+        )
+    return datasets[0]
+
+
+def _insert_set(table: Any, dataset_key: Key, name: str, members: list[Key], comment: str) -> Key:
+    """Insert the set of ``members`` into ``table`` (master ``{name}_hash``,
+    ``{name}_comment``; part ``Member``) in one transaction, keyed by the members' hash;
+    an existing set is left as it is. Returns the set's key."""
+    primary_key = dict(dataset_key, **{f"{name}_hash": hash_list_of_dictionaries(members)})
+    if table & primary_key:
+        return primary_key
+    with table.connection.transaction:
+        table.insert1(dict(primary_key, **{f"{name}_comment": comment}))
+        table.Member().insert([{**primary_key, **member} for member in members])
+    return primary_key
+
+
 def _say_why_nothing(table: Any) -> None:
     """Warn when a linked table is empty, so ``populate()`` has nothing to compute and would
     otherwise return silently."""
@@ -147,26 +171,14 @@ class TrainedEnsembleModelTemplateMixin(_Table):
         the same members always give the same ensemble. Creating an existing ensemble again
         returns its key and changes nothing.
         """
-        datasets = backend().keys(self.dataset_table() & key)
-        if len(datasets) != 1:
-            raise ValueError(
-                f"key {dict(key)!r} must restrict {self.dataset_table.__name__} to exactly one "
-                f"entry, it matches {len(datasets)}"
-            )
-        [dataset_key] = datasets
+        dataset_key = _one_dataset(self.dataset_table, key)
         members = backend().keys(self.trained_model_table() & dataset_key & key)
         if not members:
             raise ValueError(
                 f"no rows of {self.trained_model_table.__name__} match {dict(key)!r} for "
                 f"dataset {dataset_key!r}: an ensemble needs at least one trained model"
             )
-        primary_key = dict(dataset_key, ensemble_hash=hash_list_of_dictionaries(members))
-        if self & primary_key:
-            return primary_key
-        with self.connection.transaction:
-            self.insert1(dict(primary_key, ensemble_comment=comment))
-            self.Member().insert([{**primary_key, **member} for member in members])
-        return primary_key
+        return _insert_set(self, dataset_key, "ensemble", members, comment)
 
     def member_keys(self, key: Mapping[str, Any] | None = None) -> list[Key]:
         """The trained model keys of one ensemble, in a fixed order (sorted by their hash)."""
@@ -625,13 +637,7 @@ class NeuronSetTemplateMixin(_Table):
         same neurons always give the same set; creating an existing set again returns its key
         and changes nothing.
         """
-        datasets = backend().keys(self.dataset_table() & key)
-        if len(datasets) != 1:
-            raise ValueError(
-                f"key {dict(key)!r} must restrict {self.dataset_table.__name__} to exactly one "
-                f"entry, it matches {len(datasets)}"
-            )
-        [dataset_key] = datasets
+        dataset_key = _one_dataset(self.dataset_table, key)
         query = self.selector_table() & dataset_key & key
         if restriction is not None:
             query = query & restriction
@@ -642,13 +648,7 @@ class NeuronSetTemplateMixin(_Table):
                 f"no neurons of {self.selector_table.__name__} match {dict(key)!r} for dataset "
                 f"{dataset_key!r}: a set needs at least one neuron"
             )
-        primary_key = dict(dataset_key, neuron_set_hash=hash_list_of_dictionaries(members))
-        if self & primary_key:
-            return primary_key
-        with self.connection.transaction:
-            self.insert1(dict(primary_key, neuron_set_comment=comment))
-            self.Member().insert([{**primary_key, **member} for member in members])
-        return primary_key
+        return _insert_set(self, dataset_key, "neuron_set", members, comment)
 
     def member_keys(self, key: Mapping[str, Any] | None = None) -> list[Key]:
         """The selector keys of the neurons of one set, in the order of their values."""
