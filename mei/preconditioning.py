@@ -30,6 +30,16 @@ def _gaussian_window(
     return (window / window.sum()).to(device=device, dtype=dtype)
 
 
+def _check_window(truncate: float, pad_mode: str) -> None:
+    """The arguments a blur's window and padding take."""
+    if truncate <= 0:
+        raise ValueError(f"truncate must be positive, got {truncate!r}")
+    if pad_mode not in ("reflect", "replicate", "constant", "circular"):
+        raise ValueError(
+            f"pad_mode must be 'reflect', 'replicate', 'constant' or 'circular', got {pad_mode!r}"
+        )
+
+
 def gaussian_blur(
     x: Tensor,
     sigma: float | Sequence[float],
@@ -83,13 +93,7 @@ class GaussianBlur(Component):
         sigmas = tuple(sigma) if isinstance(sigma, (tuple, list)) else (sigma, sigma)
         if len(sigmas) != 2 or any(s <= 0 for s in sigmas):
             raise ValueError(f"sigma must be positive (one value or (y, x)), got {sigma!r}")
-        if truncate <= 0:
-            raise ValueError(f"truncate must be positive, got {truncate!r}")
-        if pad_mode not in ("reflect", "replicate", "constant", "circular"):
-            raise ValueError(
-                "pad_mode must be 'reflect', 'replicate', 'constant' or 'circular', "
-                f"got {pad_mode!r}"
-            )
+        _check_window(truncate, pad_mode)
         self.sigma = sigma
         self.decay_factor = decay_factor
         self.truncate = truncate
@@ -142,13 +146,7 @@ class TemporalBlur(Component):
     def __init__(self, sigma: float, truncate: float = 4, pad_mode: str = "replicate"):
         if sigma <= 0:
             raise ValueError(f"sigma must be positive, got {sigma!r}")
-        if truncate <= 0:
-            raise ValueError(f"truncate must be positive, got {truncate!r}")
-        if pad_mode not in ("reflect", "replicate", "constant", "circular"):
-            raise ValueError(
-                "pad_mode must be 'reflect', 'replicate', 'constant' or 'circular', "
-                f"got {pad_mode!r}"
-            )
+        _check_window(truncate, pad_mode)
         self.sigma = sigma
         self.truncate = truncate
         self.pad_mode = pad_mode
