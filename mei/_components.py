@@ -99,12 +99,12 @@ def require_movie(name: str, shape: Sequence[int]) -> None:
 
 def per_element(x: Tensor) -> Tensor:
     """View ``x`` as ``(B, -1)``."""
-    return x.reshape(len(x), -1)
+    return x.reshape(x.shape[0], -1)
 
 
 def expand_like(values: Tensor, x: Tensor) -> Tensor:
     """Reshape per-element ``values`` of shape ``(B,)`` to broadcast against ``x``."""
-    return values.reshape(len(x), *([1] * (x.dim() - 1)))
+    return values.reshape((x.shape[0],) + (1,) * (x.dim() - 1))
 
 
 def batched_form(components: Sequence[Any]) -> Any:

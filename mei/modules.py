@@ -31,7 +31,12 @@ def _select(output: Tensor, constraint: Any) -> Tensor:
     if constraint is None:
         return output
     if isinstance(constraint, numbers.Integral):
-        return output[:, [int(constraint)]]
+        # a slice of width one: the values of output[:, [unit]] without an index kernel
+        # (forward) and an index_put (backward)
+        unit = int(constraint)
+        if output.dim() < 2 or not -output.shape[1] <= unit < output.shape[1]:
+            return output[:, [unit]]  # torch's own IndexError
+        return output.narrow(1, unit % output.shape[1], 1)
     if isinstance(constraint, slice):
         return output[:, constraint]
     units = list(constraint)

@@ -142,7 +142,9 @@ class MEI:
         # (mask (B, 1, ...) bool, values): the elements that stopped and their inputs
         self._frozen: tuple[Tensor, Tensor] | None = None
         self._closure_step = _takes_closure(optimizer)
-        self._nonfinite = torch.zeros(self.batch_size, dtype=torch.bool, device=self._input.device)
+        self._evaluation_sum = torch.zeros(
+            self.batch_size, dtype=torch.float64, device=self._input.device
+        )
 
     def regroup(self, elements: int) -> None:
         """Treat the input as ``elements`` MEIs of equal size (before the first step)."""
@@ -153,12 +155,12 @@ class MEI:
             )
         self.group = rows // elements
         use_group(self.regularization, self.group)
-        self._nonfinite = torch.zeros(elements, dtype=torch.bool, device=self._input.device)
+        self._evaluation_sum = torch.zeros(elements, dtype=torch.float64, device=self._input.device)
 
     @property
     def batch_size(self) -> int:
         """The number of elements (MEIs, or groups of ``group`` images) in the batch."""
-        return len(self._input) // self.group
+        return self._input.shape[0] // self.group
 
     @property
     def current_input(self) -> Tensor:
@@ -174,7 +176,7 @@ class MEI:
 
     def _evaluate(self, transformed: Tensor) -> Tensor:
         output = self.func(transformed)
-        batch = self.batch_size
+        batch = self._input.shape[0] // self.group
         if not isinstance(output, Tensor):
             raise ModelError(f"the model returned a {type(output).__name__}, not a tensor")
         # a batch of one may be reduced to a single number of any shape (the original
@@ -192,7 +194,8 @@ class MEI:
                 "the model's output does not depend on its input (no gradient flows back); "
                 "check that the model does not detach or replace its input"
             )
-        output = output.reshape(batch)
+        if output.dim() != 1:
+            output = output.reshape(batch)
         return -output if self.inhibitory else output
 
     def _composite(self, x: Tensor, i: int, background: Tensor) -> Tensor:
@@ -326,7 +329,7 @@ class MEI:
             closure()
             self.optimizer.step()
 
-        with torch.no_grad():
+        with _NO_GRAD:
             if self.postprocessing is not None:
                 image = x.detach() if pixels else self._image(x.detach())
                 processed = self.postprocessing(image, i)
@@ -342,7 +345,9 @@ class MEI:
             if self._frozen is not None:
                 mask, values = self._frozen
                 x.copy_(torch.where(mask, values, x))
-            self._nonfinite |= ~torch.isfinite(first["evaluation"])
+            # one kernel: a NaN or infinite evaluation makes its element's sum non-finite
+            # for good (float64: finite float32 evaluations cannot overflow it)
+            self._evaluation_sum.add_(first["evaluation"])
             post_processed = None
             if "post_processed_input" not in dropped:
                 post_processed = x.detach().clone() if pixels else self._image(x.detach())
@@ -375,8 +380,9 @@ class MEI:
 
     def check_finite(self) -> None:
         """Raise :class:`~mei.errors.NonFiniteError` if any evaluation so far was NaN or inf."""
-        if bool(self._nonfinite.any()):
-            bad = self._nonfinite.nonzero().flatten().tolist()
+        nonfinite = ~torch.isfinite(self._evaluation_sum)
+        if bool(nonfinite.any()):
+            bad = nonfinite.nonzero().flatten().tolist()
             raise NonFiniteError(
                 f"the evaluation became NaN or infinite (batch element(s) {bad}, by step "
                 f"{self.i_iter - 1}); lower the learning rate or constrain the input"
@@ -411,6 +417,26 @@ class MEI:
 #: What a step may leave out of its record: everything but the evaluation and the
 #: regularization term (one value per element each).
 _DROPPABLE = RECORD_FIELDS - {"evaluation", "reg_term"}
+
+
+class _NoGrad:
+    """``torch.no_grad()`` for the step's hot path, without building a context object per
+    step (one step of a small model on a GPU is bound by the host's Python)."""
+
+    __slots__ = ("_previous",)
+
+    def __init__(self) -> None:
+        self._previous: list[bool] = []
+
+    def __enter__(self) -> None:
+        self._previous.append(torch.is_grad_enabled())
+        torch.set_grad_enabled(False)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_grad_enabled(self._previous.pop())
+
+
+_NO_GRAD = _NoGrad()
 
 
 def _takes_closure(optimizer: Any) -> bool:

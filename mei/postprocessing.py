@@ -30,7 +30,9 @@ class ChangeNorm(Component):
 
     def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
         x_norm = torch.linalg.vector_norm(per_element(x), dim=-1)
-        return x * expand_like(self.norm / x_norm.clamp(min=1e-12), x)
+        # norm / x_norm as torch computes it (reciprocal, then times norm), in place
+        scale = x_norm.clamp_(min=1e-12).reciprocal_().mul_(self.norm)
+        return x * expand_like(scale, x)
 
 
 class ClipRange(Component):

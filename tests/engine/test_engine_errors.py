@@ -10,6 +10,9 @@ from mei.config import resolve_config
 from mei.errors import ComponentError, ConfigError, ModelError, NonFiniteError
 from mei.methods import gradient_ascent
 from mei.modules import ConstrainedOutputModel
+from mei.optimization import MEI, optimize
+from mei.stoppers import NumIterations
+from mei.tracking import Tracker
 
 SHAPE = (1, 1, 8, 8)
 MODEL = ConstrainedOutputModel(LinearNeurons(), 0)
@@ -136,3 +139,39 @@ def test_resolve_checks_everything_before_the_first_step():
 def test_needs_shape_or_dataloaders():
     with pytest.raises(ValueError, match="shape="):
         gradient_ascent(None, MODEL, base_config(), 0)
+
+
+class _SpikesOnce:
+    """Responses ``x.sum()`` per element, plus ``value`` for element ``element`` at call
+    ``call`` only (a constant: the gradient stays finite, so the inputs do too)."""
+
+    def __init__(self, element: int, call: int, value: float):
+        self.element, self.call, self.value, self.calls = element, call, value, 0
+
+    def __call__(self, x):
+        bump = torch.zeros(len(x))
+        if self.calls == self.call:
+            bump[self.element] = self.value
+        self.calls += 1
+        return x.sum(dim=(1, 2, 3)) + bump
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_a_single_non_finite_evaluation_is_reported_with_its_element(value):
+    # the check runs every 25 steps: a step that was non-finite once and finite afterwards
+    # is still reported, for the element it happened to
+    x = torch.zeros(3, 1, 4, 4, requires_grad=True)
+    mei = MEI(_SpikesOnce(element=1, call=7, value=value), x, torch.optim.SGD([x], lr=0.1))
+    with pytest.raises(NonFiniteError, match=r"batch element\(s\) \[1\], by step 24"):
+        optimize(mei, [NumIterations(40) for _ in range(3)], [Tracker() for _ in range(3)])
+
+
+def test_large_finite_evaluations_are_not_reported():
+    # 3e38 per step is finite in float32; their sum over the steps must not count as infinite
+    def huge(x):
+        return x.sum(dim=(1, 2, 3)) * 0 + 3e38
+
+    x = torch.zeros(2, 1, 4, 4, requires_grad=True)
+    mei = MEI(huge, x, torch.optim.SGD([x], lr=0.1))
+    scores, _ = optimize(mei, [NumIterations(60) for _ in range(2)], [Tracker() for _ in range(2)])
+    assert scores == [pytest.approx(3e38, rel=1e-6)] * 2
