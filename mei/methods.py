@@ -158,6 +158,19 @@ def draw_initial(
     return _checked_start(guess, initial, shape)
 
 
+def _seed_global(seed: int) -> None:
+    """``torch.manual_seed(seed)`` for the streams drawn on the CPU before a run.
+
+    Where CUDA is not initialized yet, ``torch.manual_seed`` queues the seeding of every CUDA
+    device with a formatted stack trace (milliseconds per call, once per batch element
+    here); nothing has drawn from those generators then, and the run seeds them itself.
+    """
+    if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
+
+
 def _draw_int64() -> None:
     """One draw as a DataLoader iterator (or a shuffling sampler) makes at its start."""
     torch.empty((), dtype=torch.int64).random_()
@@ -189,7 +202,7 @@ class _ShapeReading:
         self.shape = self.read()
         if self._draws is None:
             after = torch.get_rng_state()
-            torch.manual_seed(seed)
+            _seed_global(seed)
             for k in range(self.MAX_DRAWS + 1):
                 if torch.equal(torch.get_rng_state(), after):
                     self._draws = k
@@ -228,7 +241,7 @@ def _element_streams(
     element: tuple[int, ...] | None = None
     with torch.random.fork_rng(devices=[]):
         for s in seeds:
-            torch.manual_seed(s)
+            _seed_global(s)
             read_shape = reading(s)
             final = shape if shape is not None else read_shape
             assert final is not None  # gradient_ascent passes one of them

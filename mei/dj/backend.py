@@ -658,6 +658,28 @@ class Backend:
         """
         raise NotImplementedError
 
+    def insert_many_with_files(
+        self,
+        table: Any,
+        rows: Sequence[Mapping[str, Any]],
+        files: Sequence[Mapping[str, Any]],
+        store: str,
+    ) -> None:
+        """:meth:`insert_with_files` for several rows (``files[i]`` for ``rows[i]``) in one
+        insert statement: all rows and files, or none of them."""
+        connection = table.connection
+        atomic = contextlib.nullcontext() if connection.in_transaction else connection.transaction
+        with file_journal() as written:
+            try:
+                with atomic:
+                    for row, row_files in zip(rows, files, strict=True):
+                        self.insert_with_files(table, row, row_files, store)
+            except BaseException:
+                self.remove_files(table, written)
+                raise
+        for entry in written:
+            _note(*entry)
+
     def insert_with_parts(
         self,
         table: Any,
@@ -906,16 +928,41 @@ class DataJoint2(Backend):
                 meta = staged.rec[name]
                 _note(meta["store"], meta["path"])
             return
-        # <mei_file@store>: the codec stores each file while the row is inserted and notes it;
-        # if the insert fails, what it stored is removed again.
-        contents = {}
-        for name, obj in files.items():
-            buffer = io.BytesIO()
-            torch.save(obj, buffer)
-            contents[name] = buffer.getvalue()
+        self._insert_encoded(table, [row], [files])
+
+    def insert_many_with_files(
+        self,
+        table: Any,
+        rows: Sequence[Mapping[str, Any]],
+        files: Sequence[Mapping[str, Any]],
+        store: str,
+    ) -> None:
+        if len(rows) != len(files):
+            raise ValueError(f"{len(rows)} rows but {len(files)} sets of files")
+        if not rows:
+            return
+        if self._codecs(table, files[0]) == {"object"}:  # staged inserts: one row at a time
+            super().insert_many_with_files(table, rows, files, store)
+            return
+        self._insert_encoded(table, rows, files)
+
+    def _insert_encoded(
+        self, table: Any, rows: Sequence[Mapping[str, Any]], files: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Insert ``rows`` in one statement with their ``files`` through ``<mei_file@store>``:
+        the codec stores each file while its row is inserted and notes it; if the insert
+        fails, what it stored is removed again."""
+        records = []
+        for row, row_files in zip(rows, files, strict=True):
+            contents = {}
+            for name, obj in row_files.items():
+                buffer = io.BytesIO()
+                torch.save(obj, buffer)
+                contents[name] = buffer.getvalue()
+            records.append({**row, **contents})
         with file_journal() as written:
             try:
-                table.insert1({**row, **contents})
+                table.insert(records)
             except BaseException:
                 self.remove_files(table, written)
                 written.clear()
@@ -1040,19 +1087,35 @@ class DataJoint014(Backend):
     def insert_with_files(
         self, table: Any, row: Mapping[str, Any], files: Mapping[str, Any], store: str
     ) -> None:
-        key_hash = make_hash({k: row[k] for k in table.primary_key})
+        self.insert_many_with_files(table, [row], [files], store)
+
+    def insert_many_with_files(
+        self,
+        table: Any,
+        rows: Sequence[Mapping[str, Any]],
+        files: Sequence[Mapping[str, Any]],
+        store: str,
+    ) -> None:
+        if len(rows) != len(files):
+            raise ValueError(f"{len(rows)} rows but {len(files)} sets of files")
+        if not rows:
+            return
         with tempfile.TemporaryDirectory() as temp_dir:
-            paths = {}
-            for name, obj in files.items():
-                # The key's hash makes a file traceable to its row (attachment_names); the
-                # random token makes it unique, so no other row shares it and removing it is
-                # safe.
-                path = Path(temp_dir) / f"{name}_{key_hash}_{secrets.token_hex(8)}.pth.tar"
-                torch.save(obj, path)
-                paths[name] = str(path)
-            stored = [(store, *self._attachment_id(path)) for path in paths.values()]
+            records, stored = [], []
+            for row, row_files in zip(rows, files, strict=True):
+                key_hash = make_hash({k: row[k] for k in table.primary_key})
+                paths = {}
+                for name, obj in row_files.items():
+                    # The key's hash makes a file traceable to its row (attachment_names);
+                    # the random token makes it unique, so no other row shares it and
+                    # removing it is safe.
+                    path = Path(temp_dir) / f"{name}_{key_hash}_{secrets.token_hex(8)}.pth.tar"
+                    torch.save(obj, path)
+                    paths[name] = str(path)
+                stored += [(store, *self._attachment_id(path)) for path in paths.values()]
+                records.append({**row, **paths})
             try:
-                table.insert1({**row, **paths})
+                table.insert(records)
             except BaseException:
                 self.remove_files(table, stored)
                 raise

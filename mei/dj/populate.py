@@ -87,41 +87,48 @@ def _insert(table: Any, items: Sequence[tuple[Key, Any, Any]], queue: JobQueue |
     """
     be = backend()
     keys = [key for key, _, _ in items]
-    written: dict[str, list[tuple[Any, ...]]] = {}
+    hashes = [make_hash(key) for key in keys]
+    new: list[tuple[Key, Any]] = []  # the keys to insert and their results
+    written: list[tuple[Any, ...]] = []  # the files stored for them
     try:
         with be.allow_insert(table), table.connection.transaction:
             owned = queue.lock_reserved(keys) if queue is not None else keys
             owned_hashes = {make_hash(k) for k in owned}
             present = {make_hash(k) for k in be.keys(table & keys)} if keys else set()
-            _same_inputs(table, [item for item in items if make_hash(item[0]) in owned_hashes])
-            inserted = []
-            for key, _, result in items:
-                h = make_hash(key)
-                if h in owned_hashes and h not in present:
-                    with file_journal() as journal:
-                        written[h] = journal
+            mine = [h in owned_hashes for h in hashes]
+            _same_inputs(table, [item for item, m in zip(items, mine, strict=True) if m])
+            new = [
+                (key, result)
+                for (key, _, result), h, m in zip(items, hashes, mine, strict=True)
+                if m and h not in present
+            ]
+            with file_journal() as written:
+                many = getattr(table, "make_insert_many", None)
+                if many is not None:  # the rows and files of the batch in one statement
+                    many([(key, *result) for key, result in new])
+                else:
+                    for key, result in new:
                         table.make_insert(key, *result)
-                    inserted.append(key)
-        lost = [k for k in keys if make_hash(k) not in owned_hashes]
+        inserted = [key for key, _ in new]
+        lost = [k for k, m in zip(keys, mine, strict=True) if not m]
         if lost:
             logger.warning(
                 "%d key(s) were given to another worker while this one computed them "
                 "(its connection was lost): not inserted here",
                 len(lost),
             )
-        return Stored(inserted, [k for k in keys if make_hash(k) in owned_hashes], lost)
+        return Stored(inserted, [k for k, m in zip(keys, mine, strict=True) if m], lost)
     except BaseException as e:
         if be.is_connection_error(e):
             _reconnect(table, queue)
-        for key in keys:
-            files = written.get(make_hash(key))
-            if not files:
-                continue
+        if written:
+            # The batch's rows committed together or not at all (a lost connection may have
+            # let the commit through): its files go unless its rows are there.
             try:
-                if key not in table:
-                    be.remove_files(table, files)
+                if not be.keys(table & [k for k, _ in new]):
+                    be.remove_files(table, written)
             except Exception:  # the store or the connection is gone: recover() cleans up
-                logger.warning("could not remove the files of %s", key, exc_info=True)
+                logger.warning("could not remove the files of %d key(s)", len(new), exc_info=True)
         raise
 
 

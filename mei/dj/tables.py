@@ -8,7 +8,7 @@ and get their few generation-specific type names from the :class:`~mei.dj.backen
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -585,6 +585,21 @@ class MEITemplateMixin(_ModelTableMixin):
         """Store ``mei`` and ``output`` as files and insert the row, or neither."""
         backend().insert_with_files(
             self, dict(key, score=score), {"mei": mei, "output": output}, self.storage
+        )
+
+    def make_insert_many(self, items: Sequence[tuple[Key, Tensor, float, Any]]) -> None:
+        """:meth:`make_insert` for several keys ``(key, mei, score, output)``: their files and
+        rows in one insert statement, or none of them. A table with its own ``make_insert``
+        gets it called once per key instead."""
+        if type(self).make_insert is not MEITemplateMixin.make_insert:
+            for key, *result in items:
+                self.make_insert(key, *result)
+            return
+        backend().insert_many_with_files(
+            self,
+            [dict(key, score=score) for key, _, score, _ in items],
+            [{"mei": mei, "output": output} for _, mei, _, output in items],
+            self.storage,
         )
 
     def load_mei(self, key: Mapping[str, Any] | None = None) -> Tensor:

@@ -62,6 +62,42 @@ def test_allow_insert_opens_a_computed_table_only_inside(lab, mei_main):
         lab.MEI().make_insert(other, **row)
 
 
+def test_a_batch_of_rows_and_files_goes_in_together_or_not_at_all(lab, mei_main, store):
+    _method(mei_main)
+    mei_main.MEISeed().insert1({"mei_seed": 1})
+    table = lab.MEI()
+    keys = backend().keys(table.key_source)[:3]
+    rows = [(k, torch.full((2,), float(i)), float(i), {"i": i}) for i, k in enumerate(keys)]
+
+    def stored_files():
+        return [p for p in store.rglob("*") if p.is_file()]
+
+    # a duplicate key fails the statement after every file of the batch was written
+    with backend().allow_insert(table), pytest.raises(Exception, match="(?i)duplicate"):
+        table.make_insert_many([*rows, rows[0]])
+    assert len(table) == 0 and stored_files() == []
+
+    statements = []
+    query = table.connection.query
+
+    def counting(sql, *args, **kwargs):
+        if sql.lstrip().upper().startswith("INSERT") and table.full_table_name in sql:
+            statements.append(sql)
+        return query(sql, *args, **kwargs)
+
+    table.connection.query = counting
+    try:
+        with backend().allow_insert(table):
+            table.make_insert_many(rows)
+    finally:
+        del table.connection.query
+    assert len(statements) == 1  # one statement for the batch
+    assert len(table) == 3 and len(stored_files()) == 6
+    for key, mei, score, _ in rows:
+        assert torch.equal(table.load_mei(key), mei)
+        assert float((table & key).fetch1("score")) == score
+
+
 def test_todo_is_the_key_source_minus_what_is_done(lab, mei_main):
     _method(mei_main)
     mei_main.MEISeed().insert1({"mei_seed": 1})
