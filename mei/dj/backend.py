@@ -392,6 +392,14 @@ def exclusive(connection: Any, what: str) -> Iterator[None]:
             _busy.pop(ident, None)
 
 
+@contextlib.contextmanager
+def populate_session(connection: Any, what: str) -> Iterator[None]:
+    """What every populate runs in: :func:`exclusive` use of ``connection``, and on
+    PostgreSQL no JIT compilation (:meth:`Backend.without_jit`)."""
+    with exclusive(connection, what), backend().without_jit(connection):
+        yield
+
+
 _journal: contextvars.ContextVar[list[tuple[Any, ...]] | None] = contextvars.ContextVar(
     "mei_file_journal", default=None
 )
@@ -745,6 +753,26 @@ class Backend:
 
     def is_postgresql(self, connection: Any) -> bool:
         return False
+
+    @contextlib.contextmanager
+    def without_jit(self, connection: Any) -> Iterator[None]:
+        """PostgreSQL's JIT compilation off for ``connection``'s session within the block.
+
+        Populate's queries are small, but on tables without statistics yet (new, or not yet
+        analyzed) PostgreSQL estimates them as huge and JIT-compiles them: measured here,
+        0.49 s of a 0.49 s query for the pending keys of 32 neurons, every batch. Elsewhere
+        nothing changes; the setting is restored afterwards.
+        """
+        if not self.is_postgresql(connection):
+            yield
+            return
+        previous = str(connection.query("SHOW jit").fetchone()[0])
+        connection.query("SET jit = off")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # a lost session took the setting with it
+                connection.query("SET jit = " + ("on" if previous == "on" else "off"))
 
     def session_id(self, connection: Any) -> int:
         """The server's id of ``connection``'s current session (changes on reconnect)."""

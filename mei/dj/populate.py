@@ -28,7 +28,7 @@ from ..config import parse_device
 from ..errors import ConfigError, DeviceUnavailableError
 from ..progress import progress_bar
 from . import run
-from .backend import JobQueue, backend, exclusive, file_journal, worker_liveness
+from .backend import JobQueue, backend, file_journal, populate_session, worker_liveness
 from .hashing import make_hash
 
 Key = dict[str, Any]
@@ -261,8 +261,8 @@ def populate(
     if order not in ("original", "random"):
         raise ValueError(f"order must be 'original' or 'random', got {order!r}")
     be = backend()
-    check_devices(table, *restrictions)
-    with exclusive(table.connection, f"{type(table).__name__}.populate"):
+    with populate_session(table.connection, f"{type(table).__name__}.populate"):
+        check_devices(table, *restrictions)
         queue = be.jobs(table) if reserve_jobs else None
         if queue is None:
             return _populate(

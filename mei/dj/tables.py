@@ -19,7 +19,7 @@ from ..errors import ConfigError, shorten
 from ..modules import ConstrainedOutputModel, EnsembleModel
 from . import populate as _populate
 from . import run
-from .backend import backend, exclusive
+from .backend import backend, populate_session
 from .explain import empty_inputs, why_nothing_to_compute
 from .hashing import find_unhashable, hash_list_of_dictionaries, make_hash
 from .helpers import get_mappings, import_module
@@ -570,8 +570,8 @@ class MEITemplateMixin(_ModelTableMixin):
         """
         _say_why_nothing(self)
         if batch_size is None:
-            _populate.check_devices(self, *restrictions)
-            with exclusive(self.connection, f"{type(self).__name__}.populate"):
+            with populate_session(self.connection, f"{type(self).__name__}.populate"):
+                _populate.check_devices(self, *restrictions)
                 return super().populate(*restrictions, **kwargs)  # type: ignore[misc]
         unknown = sorted(
             set(kwargs)
@@ -771,8 +771,8 @@ class MDSTemplateMixin(_ModelTableMixin):
     def populate(self, *restrictions: Any, **kwargs: Any) -> Any:
         """DataJoint's ``populate``, after refusing keys whose method asks for a device this
         machine lacks (:func:`mei.dj.populate.check_devices`)."""
-        _populate.check_devices(self, *restrictions)
-        with exclusive(self.connection, f"{type(self).__name__}.populate"):
+        with populate_session(self.connection, f"{type(self).__name__}.populate"):
+            _populate.check_devices(self, *restrictions)
             return super().populate(*restrictions, **kwargs)  # type: ignore[misc]
 
     def load_mds(self, key: Mapping[str, Any] | None = None) -> Tensor:

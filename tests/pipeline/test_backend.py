@@ -69,13 +69,15 @@ def test_a_batch_of_rows_and_files_goes_in_together_or_not_at_all(lab, mei_main,
     keys = backend().keys(table.key_source)[:3]
     rows = [(k, torch.full((2,), float(i)), float(i), {"i": i}) for i, k in enumerate(keys)]
 
-    def stored_files():
-        return [p for p in store.rglob("*") if p.is_file()]
+    def stored_files():  # the store is the session's: other tests' files are there too
+        return {p for p in store.rglob("*") if p.is_file()} - before
 
+    before: set = set()
+    before = stored_files()
     # a duplicate key fails the statement after every file of the batch was written
     with backend().allow_insert(table), pytest.raises(Exception, match="(?i)duplicate"):
         table.make_insert_many([*rows, rows[0]])
-    assert len(table) == 0 and stored_files() == []
+    assert len(table) == 0 and stored_files() == set()
 
     statements = []
     query = table.connection.query
@@ -96,6 +98,32 @@ def test_a_batch_of_rows_and_files_goes_in_together_or_not_at_all(lab, mei_main,
     for key, mei, score, _ in rows:
         assert torch.equal(table.load_mei(key), mei)
         assert float((table & key).fetch1("score")) == score
+
+
+def test_populate_runs_without_postgresql_jit_and_restores_it(lab, mei_main, connection):
+    if not backend().is_postgresql(connection):
+        pytest.skip("JIT compilation is PostgreSQL's")
+    _method(mei_main)
+    mei_main.MEISeed().insert1({"mei_seed": 1})
+    table = lab.MEI()
+
+    def jit():
+        return connection.query("SHOW jit").fetchone()[0]
+
+    seen = []
+    connection.query("SET jit = on")
+    run_path_lab.BEFORE_RUN[:] = [lambda: seen.append(jit())] * (run_path_lab.N_UNITS + 1)
+    try:
+        table.populate({"neuron_id": 0}, batch_size=2)  # batched
+        table.populate()  # DataJoint's own, key by key
+    finally:
+        run_path_lab.BEFORE_RUN.clear()
+    assert len(seen) == run_path_lab.N_UNITS
+    assert set(seen) == {"off"}  # while populating: small queries, never compiled
+    assert jit() == "on"  # the session's own setting afterwards
+    with backend().without_jit(connection):
+        assert jit() == "off"
+    assert jit() == "on"
 
 
 def test_todo_is_the_key_source_minus_what_is_done(lab, mei_main):
