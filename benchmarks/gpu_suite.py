@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import os
 import platform
 import shutil
@@ -80,6 +81,9 @@ def populate_figure(device: str, quick: bool) -> dict[str, Any]:
         return {"skipped": "DataJoint is not installed (pip install -e '.[demo]')"}
     import datajoint as dj
 
+    for handler in logging.getLogger("datajoint").handlers:  # stdout is for the JSON lines
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.stderr)
     if int(dj.__version__.split(".")[0]) < 2:
         return {"skipped": f"needs DataJoint 2.x, found {dj.__version__}"}
     from populate_throughput import configure_from_environment, measure
