@@ -5,8 +5,8 @@
 
 A near-free model (``models.LinearReadout``: a linear readout over 1x36x64 inputs) makes the
 time almost all framework. Three runs alternate, each ``repeats`` times: the engine
-(``gradient_ascent_units``, the built-in NumIterations with its batched form), the engine
-with ``loops.PerElementNumIterations`` (the same stopper without a batched form: one State
+(``gradient_ascent_units``, the built-in MaxSteps with its batched form), the engine
+with ``loops.PerElementMaxSteps`` (the same stopper without a batched form: one State
 and one stopper call per element and step, the path every run took before batched forms) and
 the hand-written batched loop (``loops.minimal_batched_loop``). The overhead is the median of
 (engine - loop) / (B * steps) over the repeats. ``--memory`` runs each variant in a fresh
@@ -40,8 +40,8 @@ def run(variant: str, model: LinearReadout, batch: int, steps: int) -> object:
     cfg = config("cpu", steps)
     if variant == "per_element":
         cfg["stopper"] = {
-            "path": "loops.PerElementNumIterations",
-            "kwargs": {"num_iterations": steps},
+            "path": "loops.PerElementMaxSteps",
+            "kwargs": {"steps": steps},
         }
     return gradient_ascent_units(None, model, cfg, seeds, units, shape=SHAPE)
 

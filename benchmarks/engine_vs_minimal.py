@@ -57,7 +57,8 @@ def main() -> None:
 
     forwards, backwards = count_passes(model, device)
     print(
-        f"engine passes in 10 steps: {forwards} forward, {backwards} backward (+1 final scoring forward)"
+        f"engine passes in 10 steps: {forwards} forward, {backwards} backward (the score is the "
+        "last step's evaluation: no extra pass)"
     )
 
     wrapped = ConstrainedOutputModel(model, 3)

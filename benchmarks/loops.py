@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mei.preconditioning import gaussian_blur
-from mei.stoppers import NumIterations
+from mei.stoppers import MaxSteps
 
 SHAPE = (1, 1, 36, 64)
 SIGMA, NORM, LR = 1.0, 10.0, 1.0
@@ -28,7 +28,9 @@ def config(device: str, steps: int) -> dict:
         "optimizer": {"path": "torch.optim.SGD", "kwargs": {"lr": LR}},
         "precondition": {"path": "mei.preconditioning.GaussianBlur", "kwargs": {"sigma": SIGMA}},
         "postprocessing": {"path": "mei.postprocessing.ChangeNorm", "kwargs": {"norm": NORM}},
-        "stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": steps}},
+        # exactly ``steps`` steps, as the loops below (NumIterations(n) runs n + 1, as the
+        # original library's did)
+        "stopper": {"path": "mei.stoppers.MaxSteps", "kwargs": {"steps": steps}},
     }
 
 
@@ -94,7 +96,7 @@ def timed(fn: Callable[[], object], device: str) -> float:
     return time.perf_counter() - start
 
 
-class PerElementNumIterations(NumIterations):
-    """:class:`~mei.stoppers.NumIterations` without its batched form (a subclass does not
+class PerElementMaxSteps(MaxSteps):
+    """:class:`~mei.stoppers.MaxSteps` without its batched form (a subclass does not
     inherit it): the engine calls it once per element and step with a State, the path every
     stopper took before batched forms existed."""
