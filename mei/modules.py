@@ -25,18 +25,21 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
-def _select(output: Tensor, constraint: Any) -> Tensor:
+def _select(output: Tensor, constraint: Any, view: bool = False) -> Tensor:
     """``output[:, constraint]`` as the original library selected: an int unit keeps its
-    dimension (``(B, 1)``), ``None`` or an empty list selects everything."""
+    dimension (``(B, 1)``), ``None`` or an empty list selects everything.
+
+    ``view``: an int unit may be selected as a view of ``output`` (a width-one slice: the same
+    values without an index kernel forward and an index_put backward). Only where nobody
+    changes the selection in place: the model's output may be saved for its backward.
+    """
     if constraint is None:
         return output
     if isinstance(constraint, numbers.Integral):
-        # a slice of width one: the values of output[:, [unit]] without an index kernel
-        # (forward) and an index_put (backward)
         unit = int(constraint)
-        if output.dim() < 2 or not -output.shape[1] <= unit < output.shape[1]:
-            return output[:, [unit]]  # torch's own IndexError
-        return output.narrow(1, unit % output.shape[1], 1)
+        if view and output.dim() >= 2 and -output.shape[1] <= unit < output.shape[1]:
+            return output.narrow(1, unit % output.shape[1], 1)
+        return output[:, [unit]]
     if isinstance(constraint, slice):
         return output[:, constraint]
     units = list(constraint)
@@ -48,7 +51,9 @@ class ConstrainedOutputModel(nn.Module):
 
     ``constraint`` indexes the model's second dimension: an int (selected as ``[unit]``, so
     ``target_fn`` gets ``(B, 1)``, as in the original library), a list of units, a slice, or
-    ``None`` (everything). ``target_fn`` may reduce a batch of one to a single number (e.g.
+    ``None`` (everything). Without ``target_fn`` an int unit's ``(B, 1)`` is a view of the
+    model's output (``output[:, unit:unit + 1]``: no copy per step). ``target_fn`` may reduce
+    a batch of one to a single number (e.g.
     ``torch.mean`` over several units). ``forward_kwargs`` are passed to every call and never
     changed by one; keyword arguments given at call time are added to a copy.
     """
@@ -72,7 +77,12 @@ class ConstrainedOutputModel(nn.Module):
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         merged = {**self.forward_kwargs, **kwargs}
-        return self.target_fn(_select(self.model(x, *args, **merged), self.constraint))
+        # a lab's target_fn gets a tensor of its own, as in the original library (it may
+        # change it in place); the engine itself does not
+        output = self.model(x, *args, **merged)
+        if self.target_fn is _identity:
+            return _select(output, self.constraint, view=True)
+        return self.target_fn(_select(output, self.constraint))
 
     @property
     def has_target_fn(self) -> bool:

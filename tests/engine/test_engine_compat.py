@@ -298,3 +298,33 @@ def test_legacy_paths_take_infinite_bounds_as_the_original_did():
                 }
             )
         )
+
+
+def test_a_target_fn_may_change_its_selection_in_place():
+    # a sigmoid saves its output for the backward pass: the unit's selection handed to
+    # target_fn must be a tensor of its own, as the original library's output[:, [unit]] was
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4), torch.nn.Sigmoid())
+
+    def doubled_in_place(r):
+        return r.mul_(2).sum(dim=1)
+
+    def doubled(r):
+        return (r * 2).sum(dim=1)
+
+    runs = [
+        gradient_ascent(None, ConstrainedOutputModel(model, 2, fn), base_config(), 0, shape=SHAPE)
+        for fn in (doubled_in_place, doubled)
+    ]
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
+
+
+def test_without_target_fn_a_unit_is_selected_as_a_view_with_the_same_numbers():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4), torch.nn.ELU())
+    x = torch.randn(3, 1, 8, 8)
+    for unit in (0, 3, -1):
+        selected = ConstrainedOutputModel(model, unit)(x)
+        output = model(x)
+        assert selected.shape == (3, 1) and torch.equal(selected, output[:, [unit]])
+        assert selected._base is not None  # no copy per step
