@@ -101,7 +101,17 @@ def populate_figure(device: str, quick: bool) -> dict[str, Any]:
             # a directory the server's account can reach when this runs as root
             directory = tempfile.mkdtemp(prefix="mei-gpu-suite-db-", dir="/tmp")
             os.chmod(directory, 0o755)
-            server = EmbeddedPostgres(directory)
+            # as root the server needs an unprivileged account: postgres if it exists,
+            # else nobody (this throwaway server only; MEI_EMBEDDED_USER names another)
+            account = None
+            if os.geteuid() == 0 and not os.environ.get("MEI_EMBEDDED_USER"):
+                import pwd
+
+                try:
+                    pwd.getpwnam("postgres")
+                except KeyError:
+                    account = "nobody"
+            server = EmbeddedPostgres(directory, account=account)
             try:
                 server.start()
             except Exception as e:
