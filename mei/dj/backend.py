@@ -763,10 +763,12 @@ class Backend:
         0.49 s of a 0.49 s query for the pending keys of 32 neurons, every batch. Elsewhere
         nothing changes; the setting is restored afterwards.
         """
-        if not self.is_postgresql(connection):
+        previous = None
+        if self.is_postgresql(connection):  # NULL where the server has no JIT (before 11)
+            previous = connection.query("SELECT current_setting('jit', true)").fetchone()[0]
+        if previous is None:
             yield
             return
-        previous = str(connection.query("SHOW jit").fetchone()[0])
         connection.query("SET jit = off")
         try:
             yield
