@@ -322,11 +322,25 @@ def _check_numbers(key: str, path: str, value: Any, where: str) -> None:
 
 
 def _hints(function: Any) -> dict[str, Any]:
-    """``function``'s resolved annotations; ``{}`` where they cannot be resolved."""
+    """``function``'s resolved annotations; ``{}`` where they cannot be resolved.
+
+    Resolved once per function (string annotations are compiled and evaluated each time
+    ``typing.get_type_hints`` runs: most of a config's validation, once per run)."""
+    function = getattr(function, "__func__", function)  # a bound method: its function
+    try:
+        return dict(_cached_hints(function))
+    except TypeError:  # not hashable
+        return _resolve_hints(function)
+
+
+def _resolve_hints(function: Any) -> dict[str, Any]:
     try:
         return typing.get_type_hints(function, localns={"State": State, "Tensor": Tensor})
     except Exception:  # forward references to names we cannot see, odd objects
         return {}
+
+
+_cached_hints = functools.lru_cache(maxsize=1024)(_resolve_hints)
 
 
 def _classes(annotation: Any) -> set[type] | None:
@@ -407,6 +421,12 @@ def _call_signature(component: Any) -> tuple[inspect.Signature, dict[str, Any]] 
     return signature, _hints(type(target).__call__)
 
 
+@functools.cache
+def _slot_parameters(protocol: type) -> tuple[inspect.Parameter, ...]:
+    """The parameters with which the engine calls a slot's protocol (``self`` left out)."""
+    return tuple(inspect.signature(protocol.__call__).parameters.values())[1:]
+
+
 def slot_mismatches(component: Any, slot_key: str) -> list[str]:
     """What keeps ``component`` from fitting the slot of ``slot_key`` (see :data:`SLOTS`).
 
@@ -420,7 +440,7 @@ def slot_mismatches(component: Any, slot_key: str) -> list[str]:
     signature, hints = found
     protocol, _ = SLOTS[slot_key]
     slot_hints = _hints(protocol.__call__)
-    wanted = list(inspect.signature(protocol.__call__).parameters.values())[1:]
+    wanted = _slot_parameters(protocol)
     params = list(signature.parameters.values())
     kinds = inspect.Parameter
     positional = [

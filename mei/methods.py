@@ -159,11 +159,11 @@ def draw_initial(
 
 
 def _seed_global(seed: int) -> None:
-    """``torch.manual_seed(seed)`` for the streams drawn on the CPU before a run.
+    """``torch.manual_seed(seed)``, except where CUDA is not initialized yet.
 
-    Where CUDA is not initialized yet, ``torch.manual_seed`` queues the seeding of every CUDA
-    device with a formatted stack trace (milliseconds per call, once per batch element
-    here); nothing has drawn from those generators then, and the run seeds them itself.
+    There ``torch.manual_seed`` queues the seeding of every CUDA device with a formatted
+    stack trace (milliseconds per call: once per batch element and run here), for
+    generators nothing has drawn from; only the CPU generator is seeded then.
     """
     if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         torch.manual_seed(seed)
@@ -435,7 +435,10 @@ def run_batch(
             leave=False,
         ) as bar,
     ):
-        torch.manual_seed(seeds[0])
+        # the original's torch.manual_seed: every device, where CUDA is initialized (a run
+        # on a GPU has initialized it by now: the model is there); a run on the CPU leaves
+        # the CUDA generators of a process that has not used them alone
+        _seed_global(seeds[0])
         if single:
             # a single run continues in torch's global generator, as the original's did:
             # components drawing from it directly see the original's numbers too
