@@ -1,5 +1,6 @@
-"""The benchmark commands that are run on a lent GPU machine, run here on the CPU: a GPU
-session is short, so the command must work unchanged the first time."""
+"""The script that is run on a lent GPU machine (scripts/gpu_session.sh: the CUDA tests and
+benchmarks/gpu_suite.py), run here on the CPU: a GPU session is short, so the script must
+work unchanged the first time."""
 
 from __future__ import annotations
 
@@ -16,20 +17,30 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.generation(2)
-def test_the_gpu_command_runs_every_figure_on_the_cpu(connection):
+def test_the_gpu_session_script_runs_every_figure_on_the_cpu(connection, tmp_path):
     server = database_testkit.session_server()
     assert server is not None  # the connection fixture skipped otherwise
-    env = {**os.environ, **server.env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        **server.env,
+        "OUT": str(tmp_path),
+        "PYTHON": sys.executable,
+        "GPU_SUITE_ARGS": "--device cpu --quick",
+        "OMP_NUM_THREADS": "1",
+    }
     done = subprocess.run(
-        [sys.executable, "benchmarks/gpu_suite.py", "--device", "cpu", "--quick"],
+        ["bash", "scripts/gpu_session.sh"],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=900,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "CUDA tests: exit 0" in done.stdout  # all skipped here, none failed
+    output = (tmp_path / "gpu_suite.jsonl").read_text()
+    assert output.strip() in done.stdout  # the figures are printed too
+    lines = [json.loads(line) for line in output.splitlines()]
     assert [line["figure"] for line in lines] == [
         "single",
         *["batch"] * 2,
