@@ -3,9 +3,10 @@
 :func:`populate` fills an MEI table like DataJoint's ``populate`` does, but groups the pending
 keys that share everything but the neuron (method, model, seed, and selector outputs that wrap
 the same model the same way) and optimizes each group in one batched engine run
-(:func:`mei.dj.run.compute`); each key still gets its own row, inserted in its own transaction
-after re-checking what was fetched. Keys that cannot share a run run alone; rows equal what
-unbatched populate stores.
+(:func:`mei.dj.run.compute`); each key still gets its own row. A batch's rows and files go
+in one transaction and one insert statement after re-checking what was fetched (if that
+fails, key by key). Keys that cannot share a run run alone; rows equal what unbatched
+populate stores. Every populate runs in :func:`mei.dj.backend.populate_session`.
 
 With ``reserve_jobs=True`` any number of workers on any number of machines share the work
 through DataJoint's job tables (:meth:`mei.dj.backend.Backend.jobs`): every key is reserved
