@@ -675,6 +675,21 @@ class Backend:
     ) -> None:
         """:meth:`insert_with_files` for several rows (``files[i]`` for ``rows[i]``) in one
         insert statement: all rows and files, or none of them."""
+        if len(rows) != len(files):
+            raise ValueError(f"{len(rows)} rows but {len(files)} sets of files")
+        if rows:
+            self._insert_many(table, rows, files, store)
+
+    def _insert_many(
+        self,
+        table: Any,
+        rows: Sequence[Mapping[str, Any]],
+        files: Sequence[Mapping[str, Any]],
+        store: str,
+    ) -> None:
+        """:meth:`insert_many_with_files` for at least one row: here one
+        :meth:`insert_with_files` per row in one transaction; a backend inserts them in one
+        statement where it can."""
         connection = table.connection
         atomic = contextlib.nullcontext() if connection.in_transaction else connection.transaction
         with file_journal() as written:
@@ -960,19 +975,15 @@ class DataJoint2(Backend):
             return
         self._insert_encoded(table, [row], [files])
 
-    def insert_many_with_files(
+    def _insert_many(
         self,
         table: Any,
         rows: Sequence[Mapping[str, Any]],
         files: Sequence[Mapping[str, Any]],
         store: str,
     ) -> None:
-        if len(rows) != len(files):
-            raise ValueError(f"{len(rows)} rows but {len(files)} sets of files")
-        if not rows:
-            return
         if self._codecs(table, files[0]) == {"object"}:  # staged inserts: one row at a time
-            super().insert_many_with_files(table, rows, files, store)
+            super()._insert_many(table, rows, files, store)
             return
         self._insert_encoded(table, rows, files)
 
@@ -1119,17 +1130,13 @@ class DataJoint014(Backend):
     ) -> None:
         self.insert_many_with_files(table, [row], [files], store)
 
-    def insert_many_with_files(
+    def _insert_many(
         self,
         table: Any,
         rows: Sequence[Mapping[str, Any]],
         files: Sequence[Mapping[str, Any]],
         store: str,
     ) -> None:
-        if len(rows) != len(files):
-            raise ValueError(f"{len(rows)} rows but {len(files)} sets of files")
-        if not rows:
-            return
         with tempfile.TemporaryDirectory() as temp_dir:
             records, stored = [], []
             for row, row_files in zip(rows, files, strict=True):
