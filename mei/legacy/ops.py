@@ -994,6 +994,15 @@ class _MaskedBlur(LegacyOp):
 
     elementwise = True
 
+    def _set_blur(
+        self, sigma: float | tuple[float, float], decay_factor: float | None, truncate: float,
+        pad_mode: str,
+    ) -> None:  # fmt: skip
+        self.sigma = _pair(sigma)
+        self.decay_factor = decay_factor
+        self.truncate = truncate
+        self.pad_mode = pad_mode
+
     def _mask(self) -> Tensor:
         raise NotImplementedError
 
@@ -1033,10 +1042,7 @@ class GaussianBlurforRing(_MaskedBlur):
         ring_mask: Tensor | None = None,
         download_path: str | None = None,
     ):
-        self.sigma = _pair(sigma)
-        self.decay_factor = decay_factor
-        self.truncate = truncate
-        self.pad_mode = pad_mode
+        self._set_blur(sigma, decay_factor, truncate, pad_mode)
         if ring_mask is None:
             if mei_table is None or key is None:
                 raise _mask_source_error("GaussianBlurforRing", "ring_mask")
@@ -1073,10 +1079,7 @@ class _CenterMaskedBlur(_MaskedBlur):
         center_mask: Tensor | None = None,
         download_path: str | None = None,
     ):
-        self.sigma = _pair(sigma)
-        self.decay_factor = decay_factor
-        self.truncate = truncate
-        self.pad_mode = pad_mode
+        self._set_blur(sigma, decay_factor, truncate, pad_mode)
         self._load_center(key, mask_thres, mei_table, center_mask, download_path)
 
     def _load_center(
