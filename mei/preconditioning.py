@@ -166,12 +166,22 @@ def fourier_smoothing(x: Tensor, freq_exp: float) -> Tensor:
     highest frequency.
     """
     h, w = x.shape[-2:]
-    freq_y = torch.fft.fftfreq(h, device=x.device)
-    freq_x = torch.fft.rfftfreq(w, device=x.device)
+    mask = _smoothing_mask(h, w, freq_exp, x.device, x.dtype)
+    smoothed: Tensor = torch.fft.irfft2(torch.fft.rfft2(x) * mask, s=(h, w))
+    return smoothed
+
+
+@functools.lru_cache(maxsize=32)
+def _smoothing_mask(
+    h: int, w: int, freq_exp: float, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """:func:`fourier_smoothing`'s mask over the ``rfft2`` frequencies, made on ``device``
+    once per size (not again every step)."""
+    freq_y = torch.fft.fftfreq(h, device=device)
+    freq_x = torch.fft.rfftfreq(w, device=device)
     norm_freq = torch.sqrt(freq_y[:, None] ** 2 + freq_x[None, :] ** 2) * 2**0.5
     mask = (1 - norm_freq).clamp(min=0) ** freq_exp
-    smoothed: Tensor = torch.fft.irfft2(torch.fft.rfft2(x) * mask.to(x.dtype), s=(h, w))
-    return smoothed
+    return mask.to(dtype)
 
 
 class FourierSmoothing(Component):

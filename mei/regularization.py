@@ -92,11 +92,17 @@ class L2ToReference(Component):
             tensor = torch.as_tensor(reference)
             self.reference = f"<{tuple(tensor.shape)} tensor>"
         self._tensor = tensor.detach().float()
+        self._copies: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         self.weight = weight
 
     def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
-        reference = self._tensor.to(device=x.device, dtype=x.dtype)
+        reference = self._copies.get((x.device, x.dtype))
+        if reference is None:  # copied once per device, not every step
+            reference = self._copies[(x.device, x.dtype)] = self._tensor.to(x.device, x.dtype)
         return self.weight * per_element((x - reference) ** 2).sum(-1)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_copies": {}}  # device copies are made where it is used
 
 
 class WeightedSum(Component):

@@ -20,6 +20,7 @@ backgrounds) and the lab's MEI table (masked blurs) are imported only when used.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import io
 import os
@@ -127,6 +128,10 @@ class LegacyOp:
         clone._generators = generators
         return clone
 
+    def __getstate__(self) -> dict[str, Any]:
+        # copies on a device (see _on_device) are made again where the op is used
+        return {k: v for k, v in self.__dict__.items() if k != "_device_copies"}
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._args.items())
         return f"{type(self).__name__}({args})"
@@ -154,6 +159,29 @@ def _per_row(x: Tensor) -> Tensor:
 
 def _like_rows(values: Tensor, x: Tensor) -> Tensor:
     return values.view(len(x), *[1] * (x.dim() - 1))
+
+
+def _on_device(
+    op: LegacyOp,
+    tensor: Tensor,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    derive: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """``tensor`` (one of ``op``'s own, on the host), or what ``derive`` makes of it there, on
+    ``device`` as ``dtype``: copied there once per op and device, and again only if the op's
+    tensor is replaced by another.
+
+    The original copied such tensors every step; on a GPU each copy from host memory is a
+    synchronous transfer (the host waits for the device), every step.
+    """
+    copies: dict[tuple[torch.device, torch.dtype | None], tuple[Tensor, Tensor]]
+    copies = op.__dict__.setdefault("_device_copies", {})
+    entry = copies.get((device, dtype))
+    if entry is None or entry[0] is not tensor:
+        made = tensor if derive is None else derive(tensor)
+        entry = copies[(device, dtype)] = (tensor, made.to(device=device, dtype=dtype))
+    return entry[1]
 
 
 def gaussian_window(size: int, std: float) -> np.ndarray[Any, np.dtype[np.float64]]:
@@ -264,6 +292,13 @@ class LpNorm(LegacyOp):
         return self.weight * torch.mean(lpnorm)
 
 
+@functools.lru_cache(maxsize=32)
+def _pairs(n: int, device: torch.device) -> Tensor:
+    """The positions above the diagonal of an ``n x n`` matrix, row by row: the entries the
+    original took with a boolean mask (which, on a GPU, waits for the device every step)."""
+    return torch.triu_indices(n, n, offset=1, device=device)
+
+
 class Similarity(LegacyOp):
     """Similarity between the images of a batch: ``weight * combine_op(s)`` over the pairwise
     similarities ``s`` (each pair once).
@@ -323,8 +358,8 @@ class Similarity(LegacyOp):
             sim_matrix = -torch.norm(flat[None, :, :] - flat[:, None, :], dim=-1)
         else:
             raise ValueError(f"Invalid metric name: {self.metric!r}")
-        upper = torch.triu(torch.ones(n, n, device=x.device), diagonal=1) == 1
-        similarity = self.combine_op(sim_matrix[upper])
+        rows, cols = _pairs(n, x.device)
+        similarity = self.combine_op(sim_matrix[rows, cols])
         result: Tensor = self.weight * similarity
         return result
 
@@ -356,7 +391,7 @@ class BoxContrast(LegacyOp):
     def _forward(
         self, x: Tensor, iteration: int | None, generator: torch.Generator | None
     ) -> Tensor:
-        box = self.box_filter.to(device=x.device, dtype=x.dtype)
+        box = _on_device(self, self.box_filter, x.device, x.dtype)
         local = F.conv2d(x**2, box, padding=self.padding)
         box_loss = self.weight * torch.mean(torch.relu(local - self.box_constraint) ** self.p)
         return box_loss + self.l1_regularizer._forward(x, iteration, None)
@@ -384,14 +419,21 @@ _LAPLACE_KERNELS: dict[int, list[list[float]]] = {
 }
 
 
+@functools.lru_cache(maxsize=32)
+def _laplace_kernel(filter_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The Laplace kernel ``(1, 1, k, k)`` on ``device``, made once per size, device and dtype
+    (not copied from the host every step)."""
+    kernel = torch.tensor(_LAPLACE_KERNELS[filter_size], dtype=torch.float32)[None, None]
+    return kernel.to(device=device, dtype=dtype)
+
+
 def laplace_l2(x: Tensor, filter_size: int = 3, avg: bool = True) -> Tensor:
     """Half the mean (``avg``) or sum of the squared Laplacian of every channel of ``x``
     (B, C, H, W), zero-padded to keep the size: the numbers of neuralpredictors'
     ``LaplaceL2(filter_size=filter_size)(x, avg=avg)``."""
     if filter_size not in _LAPLACE_KERNELS:
         raise ValueError(f"filter_size must be 3, 5 or 7, got {filter_size!r}")
-    kernel = torch.tensor(_LAPLACE_KERNELS[filter_size], dtype=torch.float32)[None, None]
-    kernel = kernel.to(device=x.device, dtype=x.dtype)
+    kernel = _laplace_kernel(filter_size, x.device, x.dtype)
     b, c, h, w = x.size()
     laplace = F.conv2d(x.reshape(b * c, 1, h, w), kernel, bias=None, padding=filter_size // 2)
     aggregate = torch.mean if avg else torch.sum
@@ -795,6 +837,27 @@ class ClipRange(LegacyOp):
         return torch.clamp(x, self.x_min, self.x_max)
 
 
+@functools.lru_cache(maxsize=32)
+def _fourier_mask(
+    h: int, w: int, freq_exp: float, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """:class:`FourierSmoothing`'s mask ``(h, w // 2 + 1, 1)``, computed on the host in
+    float32 as the original did every step, and moved to ``device`` once."""
+    freq_y = (
+        torch.cat(
+            [
+                torch.arange((h - 1) // 2 + 1, dtype=torch.float32),
+                -torch.arange(h // 2, 0, -1, dtype=torch.float32),
+            ]
+        )
+        / h
+    )
+    freq_x = torch.arange(w // 2 + 1, dtype=torch.float32) / w
+    yx_freq = torch.sqrt(freq_y[:, None] ** 2 + freq_x**2)
+    mask = (1 - yx_freq * torch.sqrt(torch.tensor(2.0))) ** freq_exp
+    return mask.to(device=device, dtype=dtype).unsqueeze(-1)
+
+
 class FourierSmoothing(LegacyOp):
     """Damp high spatial frequencies: ``irfft2((1 - f * sqrt(2)) ** freq_exp * rfft2(x))``
     with ``f`` the frequency magnitude (cycles per pixel), so 1 at frequency 0 and 0 at the
@@ -814,21 +877,9 @@ class FourierSmoothing(LegacyOp):
         self, x: Tensor, iteration: int | None, generator: torch.Generator | None
     ) -> Tensor:
         h, w = x.shape[-2:]
-        freq_y = (
-            torch.cat(
-                [
-                    torch.arange((h - 1) // 2 + 1, dtype=torch.float32),
-                    -torch.arange(h // 2, 0, -1, dtype=torch.float32),
-                ]
-            )
-            / h
-        )
-        freq_x = torch.arange(w // 2 + 1, dtype=torch.float32) / w
-        yx_freq = torch.sqrt(freq_y[:, None] ** 2 + freq_x**2)
-        mask = (1 - yx_freq * torch.sqrt(torch.tensor(2.0))) ** self.freq_exp
         # as the original: the real and imaginary parts are each multiplied by the mask
         freq = torch.view_as_real(torch.fft.rfft2(x))
-        mask = mask.to(device=freq.device, dtype=freq.dtype).unsqueeze(-1)
+        mask = _fourier_mask(h, w, self.freq_exp, freq.device, freq.dtype)
         smooth: Tensor = torch.fft.irfft2(torch.view_as_complex(freq * mask), s=(h, w))
         return smooth
 
@@ -1003,14 +1054,20 @@ class _MaskedBlur(LegacyOp):
         self.truncate = truncate
         self.pad_mode = pad_mode
 
-    def _mask(self) -> Tensor:
+    def _mask_source(self) -> Tensor:
+        """The 0/1 tensor the mask is made from."""
         raise NotImplementedError
+
+    def _mask_from(self, source: Tensor) -> Tensor:
+        """The mask the blur is multiplied with, made from :meth:`_mask_source`."""
+        return source
 
     def _forward(
         self, x: Tensor, iteration: int | None, generator: torch.Generator | None
     ) -> Tensor:
         sigma = _decayed_sigma(self.sigma, self.decay_factor, iteration, type(self).__name__)
-        return _blur(x, sigma, self.truncate, self.pad_mode) * self._mask().to(x.device)
+        mask = _on_device(self, self._mask_source(), x.device, derive=self._mask_from)
+        return _blur(x, sigma, self.truncate, self.pad_mode) * mask
 
 
 class GaussianBlurforRing(_MaskedBlur):
@@ -1059,7 +1116,7 @@ class GaussianBlurforRing(_MaskedBlur):
             ring_mask = (outer[0][1] - inner[0][1] > mask_thres_for_ring) * 1
         self.ring_mask = _as_mask(ring_mask)
 
-    def _mask(self) -> Tensor:
+    def _mask_source(self) -> Tensor:
         return self.ring_mask
 
 
@@ -1104,6 +1161,9 @@ class _CenterMaskedBlur(_MaskedBlur):
             center_mask = (inner[0][1] > mask_thres) * 1
         self.center_mask = _as_mask(center_mask)
 
+    def _mask_source(self) -> Tensor:
+        return self.center_mask
+
 
 class GaussianBlurforCenter(_CenterMaskedBlur):
     """:class:`GaussianBlur`, then zero everything outside the center mask: where the
@@ -1114,16 +1174,13 @@ class GaussianBlurforCenter(_CenterMaskedBlur):
     the 0/1 mask itself as ``center_mask``. Fixed as :class:`GaussianBlurforRing`.
     """
 
-    def _mask(self) -> Tensor:
-        return self.center_mask
-
 
 class GaussianBlurforSurround(_CenterMaskedBlur):
     """:class:`GaussianBlur`, then zero everything inside the center mask (see
     :class:`GaussianBlurforCenter`: the same arguments), keeping the surround."""
 
-    def _mask(self) -> Tensor:
-        return 1 - self.center_mask
+    def _mask_from(self, source: Tensor) -> Tensor:
+        return 1 - source
 
 
 class ChangeStd(LegacyOp):

@@ -61,3 +61,15 @@ class ReachCosine(OptimizationStopper):
         x = state.post_processed_input.flatten()
         cosine = float(torch.nn.functional.cosine_similarity(x, self._target, dim=0))
         return cosine >= self.threshold or state.i_iter + 1 >= self.max_steps, cosine
+
+
+class ItemReadingPenalty:
+    """A regularization that reads its value on the host every step (``.item()``), as the
+    original library's loop read the evaluation: on a GPU a wait for the device per step."""
+
+    per_row = True  # each element's penalty is its own: the batch may run together
+
+    def __call__(self, x, i_iteration=None):
+        penalty = 0.01 * x.pow(2).flatten(1).sum(1)
+        self.last = penalty.sum().item()
+        return penalty
