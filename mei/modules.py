@@ -11,6 +11,7 @@ before the unit is selected).
 from __future__ import annotations
 
 import copy
+import functools
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
@@ -37,13 +38,27 @@ def _select(output: Tensor, constraint: Any, view: bool = False) -> Tensor:
         return output
     if isinstance(constraint, numbers.Integral):
         unit = int(constraint)
-        if view and output.dim() >= 2 and -output.shape[1] <= unit < output.shape[1]:
-            return output.narrow(1, unit % output.shape[1], 1)
-        return output[:, [unit]]
+        if output.dim() >= 2 and -output.shape[1] <= unit < output.shape[1]:
+            # output[:, [unit]] without an index tensor made on the host (copied to a GPU
+            # every step, which waits for the device); a copy unless a view may do
+            selected = output.narrow(1, unit % output.shape[1], 1)
+            return selected if view else selected.clone()
+        return output[:, [unit]]  # the original's error for a unit out of range
     if isinstance(constraint, slice):
         return output[:, constraint]
     units = list(constraint)
-    return output if not units else output[:, units]
+    if not units:
+        return output
+    if all(type(u) is int for u in units):  # plain ints (not bools, which select by mask)
+        return output[:, _unit_index(tuple(units), output.device)]
+    return output[:, units]
+
+
+@functools.lru_cache(maxsize=256)
+def _unit_index(units: tuple[int, ...], device: torch.device) -> Tensor:
+    """The index tensor ``output[:, units]`` makes of a list, made on ``device`` once (a list
+    is turned into an index on the host and copied to the device every step)."""
+    return torch.tensor(units, dtype=torch.long, device=device)
 
 
 class ConstrainedOutputModel(nn.Module):
@@ -311,8 +326,11 @@ class UnitPerElement(nn.Module):
             selected: Tensor = output[rows, units]
             return selected
         values = []
+        # each element's row as a view (a row taken by indexing has a backward that writes a
+        # whole batch of zeros: B of them per step), and its unit as a copy of its own
+        per_row = torch.split(output, 1)
         for b, unit in enumerate(self.units):
-            value = self.target_fn(output[b : b + 1, [unit]])
+            value = self.target_fn(_select(per_row[b], unit))
             if not isinstance(value, Tensor) or value.numel() != 1:
                 got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
                 raise ModelError(

@@ -67,7 +67,8 @@ class Jitter(PerElementRandom):
         my, mx = self._max
         ys = self._draw_ints(len(x), -my, my)
         xs = self._draw_ints(len(x), -mx, mx)
-        return torch.stack([jitter(x[b], ys[b], xs[b]) for b in range(len(x))])
+        rows = x.unbind()  # views whose backward is one stack, not B batches of zeros
+        return torch.stack([jitter(rows[b], ys[b], xs[b]) for b in range(len(x))])
 
     def final(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
         return x
@@ -86,9 +87,10 @@ class RandomCrop(PerElementRandom):
             raise ValueError(f"cannot crop {self.height}x{self.width} from an {h}x{w} input")
         tops = self._draw_ints(len(x), 0, h - self.height)
         lefts = self._draw_ints(len(x), 0, w - self.width)
+        rows = x.unbind()  # as in Jitter
         return torch.stack(
             [
-                x[b, ..., t : t + self.height, s : s + self.width]
+                rows[b][..., t : t + self.height, s : s + self.width]
                 for b, (t, s) in enumerate(zip(tops, lefts, strict=True))
             ]
         )

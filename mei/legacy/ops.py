@@ -96,7 +96,12 @@ class LegacyOp:
                 f"{type(self).__name__} was prepared for {len(generators)} elements "
                 f"(one per row) but got a batch of {len(x)}"
             )
-        rows = [self._forward(x[b : b + 1], iteration, g) for b, g in enumerate(generators)]
+        # the rows as views whose backward is one concatenation (a row taken as x[b : b + 1]
+        # has a backward that writes a whole batch of zeros: B of them per step)
+        rows = [
+            self._forward(row, iteration, g)
+            for row, g in zip(torch.split(x, 1), generators, strict=True)
+        ]
         return torch.stack(rows) if self._scalar else torch.cat(rows)
 
     def _forward(

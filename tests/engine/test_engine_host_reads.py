@@ -5,7 +5,8 @@ host; one such wait per step drains the queue of kernels every step.
 
 These tests run on the CPU, where nothing waits, and watch the calls that would: torch's
 function mode sees the Python calls that read values or move tensors (``.item()``,
-``bool()``, ``.tolist()``, ``.cpu()``, ``.to(...)``) and its dispatch mode the operators
+``bool()``, ``.tolist()``, ``.cpu()``, ``.to(...)``, indexing with a list) and its dispatch
+mode the operators
 (``_local_scalar_dense``, which every read of a value ends in, ``nonzero``, indexing with a
 boolean mask). Due are: the first step (its zero-gradient check, the blur windows and masks
 made on the device once), every ``check_every`` (25) steps the finite check, the steps an
@@ -58,9 +59,16 @@ class _Calls(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
-        if name in READING_CALLS:
+        if name in READING_CALLS or (name == "__getitem__" and _from_a_list(args[1])):
             self.reads.by_step[self.reads.step].append(name)
         return func(*args, **(kwargs or {}))
+
+
+def _from_a_list(index):
+    """Whether an index holds a Python list (made into an index tensor on the host, then
+    copied to the device)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(part, list) for part in parts)
 
 
 class _Ops(TorchDispatchMode):
@@ -183,6 +191,29 @@ def test_a_single_mei_with_maxsteps_and_the_original_ops_waits_for_nothing(monke
     )
     model = ConstrainedOutputModel(SmallConvNet(), 2)
     reads = _watched(lambda: gradient_ascent(None, model, config, 3, shape=SHAPE), monkeypatch)
+    assert 1 in reads.steps() and reads.steps() <= _due()
+
+
+@pytest.mark.parametrize("constraint", [2, -1, [1, 4], slice(1, 3)])
+def test_a_single_mei_with_a_target_fn_waits_for_nothing(constraint, monkeypatch):
+    config = base_config(
+        stopper={"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": STEPS}},
+    )
+    model = ConstrainedOutputModel(SmallConvNet(), constraint, target_fn=torch.mean)
+    reads = _watched(lambda: gradient_ascent(None, model, config, 3, shape=SHAPE), monkeypatch)
+    assert 1 in reads.steps() and reads.steps() <= _due()
+
+
+def test_a_batch_with_a_target_fn_waits_for_nothing(monkeypatch):
+    config = base_config(
+        stopper={"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": STEPS}},
+    )
+    reads = _watched(
+        lambda: gradient_ascent_units(
+            None, SmallConvNet(), config, [1, 2, 3], [0, 3, 5], shape=SHAPE, target_fn=torch.sum
+        ),
+        monkeypatch,
+    )
     assert 1 in reads.steps() and reads.steps() <= _due()
 
 
