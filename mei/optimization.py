@@ -202,9 +202,11 @@ class MEI:
         """The transparent MEI over ``background`` as the original library composed it: the
         first channel blended with the first row of the weighted background by the alpha
         (last) channel, followed by the channels between."""
-        image, alpha = x[:, [0], ...], x[:, -1, ...]
-        weighted = background.to(x.device)[[0], ...] * self.transparency_weight
-        sizes = zip(reversed(weighted[[0]].shape), reversed(alpha.shape), strict=False)
+        # the original indexed [:, [0]] and [[0]]: the same values as these slices, through an
+        # index tensor made on the host (copied to a GPU, which waits for it, every step)
+        image, alpha = x[:, 0:1, ...], x[:, -1, ...]
+        weighted = background.to(x.device)[0:1, ...] * self.transparency_weight
+        sizes = zip(reversed(weighted[0:1].shape), reversed(alpha.shape), strict=False)
         if not all(a == b or 1 in (a, b) for a, b in sizes):  # torch's error names nothing
             raise ComponentError(
                 f"the background ({type(self.background).__name__}) gave a tensor of shape "
@@ -212,7 +214,7 @@ class MEI:
                 f"{tuple(alpha.shape[-2:])}: give config['background'] the model input's size "
                 "(e.g. WhiteNoiseBackground's shape=[height, width] of this data_key's images)"
             )
-        blended = weighted[[0]] * (1.0 - alpha) + image * alpha
+        blended = weighted[0:1] * (1.0 - alpha) + image * alpha
         return torch.cat((blended, x[:, 1:-1, ...]), dim=1)
 
     def _draw_background(self, x: Tensor, i: int) -> Tensor:

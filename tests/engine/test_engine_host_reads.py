@@ -230,6 +230,26 @@ def test_diverse_meis_with_the_original_similarity_wait_for_nothing(monkeypatch)
     assert 1 in reads.steps() and reads.steps() <= _due()
 
 
+def test_a_transparent_mei_copies_only_its_background_per_step(monkeypatch):
+    """The background is drawn on the host every step (by Python's or numpy's generator, as
+    in the original) and copied to the device: that one copy, nothing else."""
+    config = base_config(
+        transparency=True,
+        transparency_weight=0.5,
+        background={
+            "path": "mei.legacy.ops.WhiteNoiseBackground",
+            "kwargs": {"mean": 0.0, "std": 1.0, "shape": [16, 16]},
+        },
+        regularization={"path": "mei.legacy.ops.RegTransparency", "kwargs": {"weight": 0.1}},
+        stopper={"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": STEPS}},
+    )
+    model = ConstrainedOutputModel(SmallConvNet(), 1)
+    reads = _watched(lambda: gradient_ascent(None, model, config, 5, shape=SHAPE), monkeypatch)
+    assert set(range(1, STEPS + 2)) <= reads.steps()
+    for step in set(range(2, STEPS + 1)) - _due():
+        assert reads.by_step[step] == ["to"], step
+
+
 def test_the_watch_sees_a_component_that_reads_every_step(monkeypatch):
     """The watch itself: a regularization that reads its value with ``.item()`` every step,
     as the original library's loop did, shows on every step."""
