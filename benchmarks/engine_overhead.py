@@ -1,7 +1,7 @@
 """The engine's cost per neuron-step in a batched run, and its peak memory per element.
 
     PYTHONPATH=. python benchmarks/engine_overhead.py [--batches 64 1024] [--steps 50]
-        [--repeats 9] [--neurons 64] [--memory]
+        [--repeats 9] [--neurons 64] [--memory] [--jitter]
 
 A near-free model (``models.LinearReadout``: a linear readout over 1x36x64 inputs) makes the
 time almost all framework. Three runs alternate, each ``repeats`` times: the engine
@@ -11,7 +11,9 @@ and one stopper call per element and step, the path every run took before batche
 the hand-written batched loop (``loops.minimal_batched_loop``). The overhead is the median of
 (engine - loop) / (B * steps) over the repeats. ``--memory`` runs each variant in a fresh
 process and reports its peak resident memory (VmHWM, Linux) above a batch of one, per
-element.
+element. ``--jitter`` adds the engine with ``mei.transforms.Jitter(2)`` (a per-element random
+transform) and reports what it costs per element-step over the plain engine: constant in B
+unless the transform's per-element work grows with the batch.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from models import LinearReadout
 from mei.methods import gradient_ascent_units
 
 VARIANTS = ("batched", "per_element", "minimal")
+JITTER = {"path": "mei.transforms.Jitter", "kwargs": {"max_jitter": 2}}
 
 
 def run(variant: str, model: LinearReadout, batch: int, steps: int) -> object:
@@ -43,6 +46,8 @@ def run(variant: str, model: LinearReadout, batch: int, steps: int) -> object:
             "path": "loops.PerElementMaxSteps",
             "kwargs": {"steps": steps},
         }
+    if variant == "jitter":
+        cfg["transform"] = JITTER
     return gradient_ascent_units(None, model, cfg, seeds, units, shape=SHAPE)
 
 
@@ -71,7 +76,9 @@ def main() -> None:
     parser.add_argument("--neurons", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--jitter", action="store_true")
     args = parser.parse_args()
+    variants = VARIANTS + (("jitter",) if args.jitter else ())
     torch.set_num_threads(args.threads)
     meta = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)",
@@ -81,16 +88,16 @@ def main() -> None:
     }
     model = LinearReadout(args.neurons)
     for batch in args.batches:
-        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        for v in VARIANTS:
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        for v in variants:
             run(v, model, batch, args.steps)  # warm-up
         for _ in range(args.repeats):
-            for v in VARIANTS:
+            for v in variants:
                 times[v].append(
                     timed(lambda v=v, b=batch: run(v, model, b, args.steps), "cpu")  # type: ignore[misc]
                 )
         figure: dict[str, object] = {"batch": batch, "repeats": args.repeats}
-        for v in VARIANTS:
+        for v in variants:
             figure[f"{v}_ms_per_step"] = statistics.median(times[v]) / args.steps * 1e3
         for v in ("batched", "per_element"):
             figure[f"{v}_overhead_ms_per_neuron_step"] = statistics.median(
@@ -99,6 +106,11 @@ def main() -> None:
             )
             figure[f"{v}_ratio"] = statistics.median(
                 e / m for e, m in zip(times[v], times["minimal"], strict=True)
+            )
+        if args.jitter:
+            figure["jitter_ms_per_element_step"] = statistics.median(
+                (j - e) / (batch * args.steps) * 1e3
+                for j, e in zip(times["jitter"], times["batched"], strict=True)
             )
         print(json.dumps({"figure": "overhead", **figure, **meta}), flush=True)
     if args.memory:
