@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._components import Component, PerElementRandom, build, check_shape
+from ._shift import shift_one, shift_rows
 from .typing import Transform
 
 
@@ -46,14 +47,7 @@ class Identity(Component):
 def jitter(x: Tensor, shift_y: int, shift_x: int) -> Tensor:
     """Shift one image ``(C, H, W)`` or batch by ``(shift_y, shift_x)`` pixels, filling the
     uncovered border by reflection (the original library's Jitter)."""
-    h, w = x.shape[-2:]
-    pad_y = (shift_y, 0) if shift_y >= 0 else (0, -shift_y)
-    pad_x = (shift_x, 0) if shift_x >= 0 else (0, -shift_x)
-    padded = F.pad(x.unsqueeze(0) if x.dim() == 3 else x, (*pad_x, *pad_y), mode="reflect")
-    padded = padded.squeeze(0) if x.dim() == 3 else padded
-    ys = slice(0, h) if shift_y > 0 else slice(-shift_y, None)
-    xs = slice(0, w) if shift_x > 0 else slice(-shift_x, None)
-    return padded[..., ys, xs]
+    return shift_one(x, shift_y, shift_x)
 
 
 class Jitter(PerElementRandom):
@@ -67,8 +61,7 @@ class Jitter(PerElementRandom):
         my, mx = self._max
         ys = self._draw_ints(len(x), -my, my)
         xs = self._draw_ints(len(x), -mx, mx)
-        rows = x.unbind()  # views whose backward is one stack, not B batches of zeros
-        return torch.stack([jitter(rows[b], ys[b], xs[b]) for b in range(len(x))])
+        return shift_rows(x, ys, xs)  # the whole batch in one pad and one gather
 
     def final(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
         return x

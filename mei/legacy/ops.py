@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._shift import shift_one, shift_rows
 from .exceptions import MissingMaskSource, NotElementwise
 
 #: Where the masked blurs ask DataJoint 0.14 to download fetched MEIs (the original's default).
@@ -96,6 +97,12 @@ class LegacyOp:
                 f"{type(self).__name__} was prepared for {len(generators)} elements "
                 f"(one per row) but got a batch of {len(x)}"
             )
+        return self._forward_rows(x, iteration, generators)
+
+    def _forward_rows(
+        self, x: Tensor, iteration: int | None, generators: Sequence[torch.Generator]
+    ) -> Tensor:
+        """Row ``b`` as :meth:`_forward` computes it alone with ``generators[b]``."""
         # the rows as views whose backward is one concatenation (a row taken as x[b : b + 1]
         # has a backward that writes a whole batch of zeros: B of them per step)
         rows = [
@@ -642,9 +649,7 @@ class Jitter(LegacyOp):
     def __init__(self, max_jitter: int | tuple[int, int]):
         self.max_jitter = _pair(max_jitter)
 
-    def _forward(
-        self, x: Tensor, iteration: int | None, generator: torch.Generator | None
-    ) -> Tensor:
+    def _draw(self, generator: torch.Generator | None) -> tuple[int, int]:
         my, mx = self.max_jitter
         jitter_y = int(
             torch.randint(-my, my + 1, (1,), dtype=torch.int32, generator=generator).item()
@@ -652,15 +657,19 @@ class Jitter(LegacyOp):
         jitter_x = int(
             torch.randint(-mx, mx + 1, (1,), dtype=torch.int32, generator=generator).item()
         )
-        pad_y = (jitter_y, 0) if jitter_y >= 0 else (0, -jitter_y)
-        pad_x = (jitter_x, 0) if jitter_x >= 0 else (0, -jitter_x)
-        padded = F.pad(x, pad=(*pad_x, *pad_y), mode="reflect")
-        h, w = x.shape[-2:]
-        return padded[
-            ...,
-            slice(0, h) if jitter_y > 0 else slice(-jitter_y, None),
-            slice(0, w) if jitter_x > 0 else slice(-jitter_x, None),
-        ]
+        return jitter_y, jitter_x
+
+    def _forward(
+        self, x: Tensor, iteration: int | None, generator: torch.Generator | None
+    ) -> Tensor:
+        return shift_one(x, *self._draw(generator))
+
+    def _forward_rows(
+        self, x: Tensor, iteration: int | None, generators: Sequence[torch.Generator]
+    ) -> Tensor:
+        # each row's offsets from its own generator, y then x, then all rows in one gather
+        shifts = [self._draw(g) for g in generators]
+        return shift_rows(x, [dy for dy, _ in shifts], [dx for _, dx in shifts])
 
 
 class RandomCrop(LegacyOp):

@@ -1,5 +1,7 @@
 """A batch of MEIs gives each MEI exactly what a run of its own gives."""
 
+import collections
+
 import pytest
 import torch
 from models import LinearNeurons, SmallConvNet, base_config
@@ -137,3 +139,68 @@ def test_a_step_writes_memory_in_proportion_to_the_batch(transform):
     # linear: 4x the batch, under 4x the elements (fixed costs); by rows taken as x[b] it was
     # 8.5-9x for Jitter
     assert written(32) / written(8) < 4.5
+
+
+def test_shifted_rows_are_bitwise_those_of_one_row_at_a_time():
+    """Jitter's batch shift (one pad, one gather) against the original's shift of each row:
+    the same values and the same gradient, for images and movies, any offsets in range."""
+    from mei._shift import shift_one, shift_rows
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(5, 1, 9, 11), (4, 3, 8, 8), (3, 2, 4, 10, 12), (1, 1, 6, 6)]:
+        for dtype in (torch.float32, torch.float64):
+            h, w = shape[-2:]
+            m = min(h, w) - 1
+            dys = torch.randint(-m, m + 1, (shape[0],), generator=g).tolist()
+            dxs = torch.randint(-m, m + 1, (shape[0],), generator=g).tolist()
+            x = torch.randn(shape, generator=g, dtype=dtype)
+            upstream = torch.randn(shape, generator=g, dtype=dtype)
+            one, batch = x.clone().requires_grad_(), x.clone().requires_grad_()
+            by_row = torch.stack([shift_one(one[b], dys[b], dxs[b]) for b in range(shape[0])])
+            at_once = shift_rows(batch, dys, dxs)
+            (by_row * upstream).sum().backward()
+            (at_once * upstream).sum().backward()
+            assert torch.equal(by_row, at_once), (shape, dys, dxs)
+            assert torch.equal(one.grad, batch.grad), (shape, dys, dxs)
+
+
+@pytest.mark.parametrize("path", ["mei.transforms.Jitter", "mei.legacy.ops.Jitter"])
+def test_a_jittered_step_calls_as_many_operators_at_any_batch_size(path, monkeypatch):
+    """A step of a batch with Jitter issues the same operators at B = 4 and B = 16 (on a GPU
+    each is a kernel launch; per-row shifts were B pads forward and B backward), apart from
+    each element's draw of its offsets from its own generator on the host."""
+    from mei.optimization import MEI
+
+    host_draws = {"aten.randint", "aten._local_scalar_dense"}
+
+    class Operators(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.step = 0
+            self.by_step = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func.overloadpacket) not in host_draws:
+                self.by_step[self.step] += 1
+            return func(*args, **(kwargs or {}))
+
+    def per_step(b):
+        config = base_config(
+            stopper={"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 6}},
+            transform={"path": path, "kwargs": {"max_jitter": 2}},
+        )
+        model = LinearNeurons(shape=(1, 12, 12), n=4)
+        units, seeds = [i % 4 for i in range(b)], list(range(b))
+        operators = Operators()
+        record_step = MEI.record_step
+
+        def counted(mei, *args, **kwargs):
+            operators.step += 1
+            return record_step(mei, *args, **kwargs)
+
+        monkeypatch.setattr(MEI, "record_step", counted)
+        with operators:
+            gradient_ascent_units(None, model, config, seeds, units, shape=(1, 1, 12, 12))
+        return [operators.by_step[i] for i in range(2, 7)]  # steps between first and last
+
+    assert per_step(4) == per_step(16)

@@ -39,3 +39,36 @@ def test_cuda_batch_matches_single():
             None, ConstrainedOutputModel(model, unit), config, 0, shape=(1, 1, 16, 16)
         )
         assert (mei - single[0]).abs().max() < 1e-4
+
+
+def test_cuda_shift_rows_matches_the_cpu():
+    """Jitter's batched shift on the GPU (offsets copied from pinned memory, no wait): the
+    values of the CPU's; the gradient too, up to the GPU's order of adding the reflections."""
+    from mei._shift import shift_rows
+
+    x = torch.randn(6, 2, 12, 14)
+    dys, dxs = [0, 3, -3, 1, -2, 2], [-4, 0, 4, 2, -1, 1]
+    upstream = torch.randn(6, 2, 12, 14)
+    results = []
+    for device in ("cpu", "cuda"):
+        rows = x.to(device).requires_grad_()
+        shifted = shift_rows(rows, dys, dxs)
+        (shifted * upstream.to(device)).sum().backward()
+        results.append((shifted.detach().cpu(), rows.grad.cpu()))
+    (cpu, cpu_grad), (gpu, gpu_grad) = results
+    assert torch.equal(cpu, gpu)
+    torch.testing.assert_close(gpu_grad, cpu_grad)
+
+
+def test_cuda_batch_with_jitter_matches_single():
+    config = {
+        **base_config(transform={"path": "mei.transforms.Jitter", "kwargs": {"max_jitter": 2}}),
+        "device": "cuda",
+    }
+    model = SmallConvNet().cuda()
+    batched = gradient_ascent_units(None, model, config, 0, [0, 1, 2], shape=(1, 1, 16, 16))
+    for unit, (mei, _, _) in enumerate(batched):
+        single = gradient_ascent(
+            None, ConstrainedOutputModel(model, unit), config, 0, shape=(1, 1, 16, 16)
+        )
+        assert (mei - single[0]).abs().max() < 1e-4

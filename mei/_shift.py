@@ -1,0 +1,61 @@
+"""Each row of a batch shifted by its own offset, for the whole batch at once (Jitter).
+
+The original shifts one image by ``(dy, dx)`` as: reflect-pad ``dy`` rows on one side and
+``dx`` columns on one side, then take the image-sized window. A batch whose rows have their
+own offsets did that row by row: per step, B pads forward and B backward. Here the batch is
+padded once by the largest offsets on both sides and each row's window is gathered at its
+place: the same values (a window of a reflection is the same reflection, whatever else was
+padded), one pad and one gather per step. Imports only torch.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def shift_one(x: Tensor, dy: int, dx: int) -> Tensor:
+    """``x`` (``(..., H, W)``, one image or a batch) shifted by ``(dy, dx)`` pixels, the
+    uncovered border filled by reflection: the original library's Jitter."""
+    h, w = x.shape[-2:]
+    pad_y = (dy, 0) if dy >= 0 else (0, -dy)
+    pad_x = (dx, 0) if dx >= 0 else (0, -dx)
+    padded = F.pad(x.unsqueeze(0) if x.dim() == 3 else x, (*pad_x, *pad_y), mode="reflect")
+    padded = padded.squeeze(0) if x.dim() == 3 else padded
+    ys = slice(0, h) if dy > 0 else slice(-dy, None)
+    xs = slice(0, w) if dx > 0 else slice(-dx, None)
+    return padded[..., ys, xs]
+
+
+def shift_rows(x: Tensor, dys: Sequence[int], dxs: Sequence[int]) -> Tensor:
+    """Row ``b`` of ``x`` (``(B, ..., H, W)``) shifted by ``(dys[b], dxs[b])`` as
+    :func:`shift_one` shifts it, bitwise, forward and backward."""
+    h, w = x.shape[-2:]
+    my, mx = max(abs(d) for d in dys), max(abs(d) for d in dxs)
+    if my >= h or mx >= w or x.dim() < 3:  # reflection needs pad < size: row by row, as the
+        each = x.unbind()  # original failed (views: their gradient is one stack)
+        return torch.stack([shift_one(each[b], dys[b], dxs[b]) for b in range(len(each))])
+    batch = x.shape[0]
+    flat = x.reshape(batch, -1, h, w)  # reflect padding of the last two dims of a 4-d tensor
+    padded = F.pad(flat, (mx, mx, my, my), mode="reflect")
+    # row b's window starts at (my - dys[b], mx - dxs[b]) of the padded rows
+    starts = torch.tensor([[my - dy for dy in dys], [mx - dx for dx in dxs]])
+    if x.device.type == "cuda":  # no wait for the device: copied from pinned memory
+        starts = starts.pin_memory().to(x.device, non_blocking=True)
+    else:
+        starts = starts.to(x.device)
+    along_y = starts[0][:, None] + _arange(h, x.device)  # (B, h)
+    along_x = starts[1][:, None] + _arange(w, x.device)  # (B, w)
+    rows = _arange(batch, x.device)[:, None, None, None]
+    channels = _arange(flat.shape[1], x.device)[None, :, None, None]
+    shifted = padded[rows, channels, along_y[:, None, :, None], along_x[:, None, None, :]]
+    return shifted.reshape(x.shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _arange(n: int, device: torch.device) -> Tensor:
+    return torch.arange(n, device=device)
