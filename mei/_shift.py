@@ -1,11 +1,13 @@
-"""Each row of a batch shifted by its own offset, for the whole batch at once (Jitter).
+"""Each row of a batch shifted (Jitter) or cropped (RandomCrop) at its own offset, for the
+whole batch at once.
 
 The original shifts one image by ``(dy, dx)`` as: reflect-pad ``dy`` rows on one side and
 ``dx`` columns on one side, then take the image-sized window. A batch whose rows have their
 own offsets did that row by row: per step, B pads forward and B backward. Here the batch is
 padded once by the largest offsets on both sides and each row's window is gathered at its
 place: the same values (a window of a reflection is the same reflection, whatever else was
-padded), one pad and one gather per step. Imports only torch.
+padded), one pad and one gather per step. A crop is such a window without the padding.
+Imports only torch.
 """
 
 from __future__ import annotations
@@ -39,21 +41,48 @@ def shift_rows(x: Tensor, dys: Sequence[int], dxs: Sequence[int]) -> Tensor:
     if my >= h or mx >= w or x.dim() < 3:  # reflection needs pad < size: row by row, as the
         each = x.unbind()  # original failed (views: their gradient is one stack)
         return torch.stack([shift_one(each[b], dys[b], dxs[b]) for b in range(len(each))])
-    batch = x.shape[0]
-    flat = x.reshape(batch, -1, h, w)  # reflect padding of the last two dims of a 4-d tensor
+    flat = x.reshape(x.shape[0], -1, h, w)  # reflect padding of the last two dims of a 4-d
     padded = F.pad(flat, (mx, mx, my, my), mode="reflect")
     # row b's window starts at (my - dys[b], mx - dxs[b]) of the padded rows
-    starts = torch.tensor([[my - dy for dy in dys], [mx - dx for dx in dxs]])
+    tops, lefts = [my - dy for dy in dys], [mx - dx for dx in dxs]
+    return _windows(padded, tops, lefts, h, w).reshape(x.shape)
+
+
+def crop_rows(
+    x: Tensor, tops: Sequence[int], lefts: Sequence[int], height: int, width: int
+) -> Tensor:
+    """Row ``b`` of ``x`` (``(B, ..., H, W)``) cropped to ``x[b, ..., tops[b]:tops[b] + height,
+    lefts[b]:lefts[b] + width]``, bitwise, forward and backward (the crops must fit)."""
+    h, w = x.shape[-2:]
+    fits = all(0 <= t <= h - height for t in tops) and all(0 <= s <= w - width for s in lefts)
+    if not fits or x.dim() < 3:
+        each = x.unbind()  # as sliced row by row
+        return torch.stack(
+            [
+                each[b][..., t : t + height, s : s + width]
+                for b, (t, s) in enumerate(zip(tops, lefts, strict=True))
+            ]
+        )
+    flat = x.reshape(x.shape[0], -1, h, w)
+    cropped = _windows(flat, tops, lefts, height, width)
+    return cropped.reshape(*x.shape[:-2], height, width)
+
+
+def _windows(
+    x: Tensor, tops: Sequence[int], lefts: Sequence[int], height: int, width: int
+) -> Tensor:
+    """``x[b, :, tops[b]:tops[b] + height, lefts[b]:lefts[b] + width]`` of a 4-d ``x`` for
+    every ``b``, in one gather."""
+    starts = torch.tensor([list(tops), list(lefts)])
     if x.device.type == "cuda":  # no wait for the device: copied from pinned memory
         starts = starts.pin_memory().to(x.device, non_blocking=True)
     else:
         starts = starts.to(x.device)
-    along_y = starts[0][:, None] + _arange(h, x.device)  # (B, h)
-    along_x = starts[1][:, None] + _arange(w, x.device)  # (B, w)
-    rows = _arange(batch, x.device)[:, None, None, None]
-    channels = _arange(flat.shape[1], x.device)[None, :, None, None]
-    shifted = padded[rows, channels, along_y[:, None, :, None], along_x[:, None, None, :]]
-    return shifted.reshape(x.shape)
+    along_y = starts[0][:, None] + _arange(height, x.device)  # (B, height)
+    along_x = starts[1][:, None] + _arange(width, x.device)  # (B, width)
+    rows = _arange(x.shape[0], x.device)[:, None, None, None]
+    channels = _arange(x.shape[1], x.device)[None, :, None, None]
+    return x[rows, channels, along_y[:, None, :, None], along_x[:, None, None, :]]
 
 
 @functools.lru_cache(maxsize=64)

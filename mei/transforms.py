@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._components import Component, PerElementRandom, build, check_shape
-from ._shift import shift_one, shift_rows
+from ._shift import crop_rows, shift_one, shift_rows
 from .typing import Transform
 
 
@@ -80,13 +80,7 @@ class RandomCrop(PerElementRandom):
             raise ValueError(f"cannot crop {self.height}x{self.width} from an {h}x{w} input")
         tops = self._draw_ints(len(x), 0, h - self.height)
         lefts = self._draw_ints(len(x), 0, w - self.width)
-        rows = x.unbind()  # as in Jitter
-        return torch.stack(
-            [
-                rows[b][..., t : t + self.height, s : s + self.width]
-                for b, (t, s) in enumerate(zip(tops, lefts, strict=True))
-            ]
-        )
+        return crop_rows(x, tops, lefts, self.height, self.width)  # one gather
 
     def final(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
         h, w = x.shape[-2:]

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._shift import shift_one, shift_rows
+from .._shift import crop_rows, shift_one, shift_rows
 from .exceptions import MissingMaskSource, NotElementwise
 
 #: Where the masked blurs ask DataJoint 0.14 to download fetched MEIs (the original's default).
@@ -681,9 +681,7 @@ class RandomCrop(LegacyOp):
         self.height = height
         self.width = width
 
-    def _forward(
-        self, x: Tensor, iteration: int | None, generator: torch.Generator | None
-    ) -> Tensor:
+    def _draw(self, x: Tensor, generator: torch.Generator | None) -> tuple[int, int]:
         crop_y = int(
             torch.randint(
                 0,
@@ -702,7 +700,23 @@ class RandomCrop(LegacyOp):
                 generator=generator,
             ).item()
         )
+        return crop_y, crop_x
+
+    def _forward(
+        self, x: Tensor, iteration: int | None, generator: torch.Generator | None
+    ) -> Tensor:
+        crop_y, crop_x = self._draw(x, generator)
         return x[..., crop_y : crop_y + self.height, crop_x : crop_x + self.width]
+
+    def _forward_rows(
+        self, x: Tensor, iteration: int | None, generators: Sequence[torch.Generator]
+    ) -> Tensor:
+        # each row's position from its own generator, y then x, then all rows in one gather
+        if self.height > x.shape[-2] or self.width > x.shape[-1]:  # shorter rows, as before
+            return super()._forward_rows(x, iteration, generators)
+        corners = [self._draw(x, g) for g in generators]
+        tops, lefts = [y for y, _ in corners], [s for _, s in corners]
+        return crop_rows(x, tops, lefts, self.height, self.width)
 
 
 class BatchedCrops(LegacyOp):

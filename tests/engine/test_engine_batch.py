@@ -164,11 +164,43 @@ def test_shifted_rows_are_bitwise_those_of_one_row_at_a_time():
             assert torch.equal(one.grad, batch.grad), (shape, dys, dxs)
 
 
-@pytest.mark.parametrize("path", ["mei.transforms.Jitter", "mei.legacy.ops.Jitter"])
-def test_a_jittered_step_calls_as_many_operators_at_any_batch_size(path, monkeypatch):
-    """A step of a batch with Jitter issues the same operators at B = 4 and B = 16 (on a GPU
-    each is a kernel launch; per-row shifts were B pads forward and B backward), apart from
-    each element's draw of its offsets from its own generator on the host."""
+def test_cropped_rows_are_bitwise_those_of_one_row_at_a_time():
+    from mei._shift import crop_rows
+
+    g = torch.Generator().manual_seed(1)
+    for shape, (height, width) in [((5, 1, 9, 11), (4, 7)), ((3, 2, 4, 10, 12), (10, 3))]:
+        h, w = shape[-2:]
+        tops = torch.randint(0, h - height + 1, (shape[0],), generator=g).tolist()
+        lefts = torch.randint(0, w - width + 1, (shape[0],), generator=g).tolist()
+        x = torch.randn(shape, generator=g)
+        upstream = torch.randn(*shape[:-2], height, width, generator=g)
+        one, batch = x.clone().requires_grad_(), x.clone().requires_grad_()
+        by_row = torch.stack(
+            [
+                one[b][..., t : t + height, s : s + width]
+                for b, (t, s) in enumerate(zip(tops, lefts, strict=True))
+            ]
+        )
+        at_once = crop_rows(batch, tops, lefts, height, width)
+        (by_row * upstream).sum().backward()
+        (at_once * upstream).sum().backward()
+        assert torch.equal(by_row, at_once) and torch.equal(one.grad, batch.grad)
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs"),
+    [
+        ("mei.transforms.Jitter", {"max_jitter": 2}),
+        ("mei.legacy.ops.Jitter", {"max_jitter": 2}),
+        ("mei.transforms.RandomCrop", {"height": 10, "width": 10}),
+        ("mei.legacy.ops.RandomCrop", {"height": 10, "width": 10}),
+    ],
+)
+def test_a_jittered_step_calls_as_many_operators_at_any_batch_size(path, kwargs, monkeypatch):
+    """A step of a batch with Jitter or RandomCrop issues the same operators at B = 4 and
+    B = 16 (on a GPU each is a kernel launch; per-row shifts were B pads forward and B
+    backward), apart from each element's draw of its offsets from its own generator on the
+    host."""
     from mei.optimization import MEI
 
     host_draws = {"aten.randint", "aten._local_scalar_dense"}
@@ -187,9 +219,10 @@ def test_a_jittered_step_calls_as_many_operators_at_any_batch_size(path, monkeyp
     def per_step(b):
         config = base_config(
             stopper={"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 6}},
-            transform={"path": path, "kwargs": {"max_jitter": 2}},
+            transform={"path": path, "kwargs": kwargs},
         )
-        model = LinearNeurons(shape=(1, 12, 12), n=4)
+        seen = kwargs.get("height", 12)
+        model = LinearNeurons(shape=(1, seen, seen), n=4)
         units, seeds = [i % 4 for i in range(b)], list(range(b))
         operators = Operators()
         record_step = MEI.record_step
