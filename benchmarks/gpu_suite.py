@@ -11,6 +11,13 @@ Figures (model: ``models.ConvCoreReadout``, 4 conv layers of 64 channels on 1x36
   per second, batched over one by one), with the peak device memory per element;
 - ``overhead``: the same at B = 64 and 1024 with a near-free model (``models.LinearReadout``),
   as the engine's cost per neuron-step over the batched loop;
+- ``jitter`` at B = 64 and 1024: the conv model's batch with ``mei.transforms.Jitter(2)``
+  against the same batch without it, as the transform's cost per element-step;
+- ``syncs``: how often a step waits for the device, per config (the benchmark's; with
+  Jitter; with a ``target_fn``; with the original's masked blur, FourierSmoothing and
+  BoxContrast): synchronizing calls counted by ``torch.cuda.set_sync_debug_mode`` in runs of
+  30 and 60 steps, per step of the difference (the finite check every 25 steps: 0.04; 1 or
+  more is a wait every step). CUDA only;
 - ``populate``: a worker on this device (``MEI().populate(reserve_jobs=True)``, unbatched and
   with ``batch_size=64``) on DataJoint 2.x: MEIs per minute and the database and store
   overhead per key (``populate_throughput.measure``, 64 neurons of the conv model). Needs
@@ -72,6 +79,58 @@ def peak_bytes(fn: Callable[[], Any], device: str) -> int | None:
     fn()
     torch.cuda.synchronize()
     return int(torch.cuda.max_memory_allocated(device) - base)
+
+
+_CHECKERBOARD = [[(i + j) % 2 for j in range(SHAPE[3])] for i in range(SHAPE[2])]
+SYNC_CONFIGS: dict[str, dict[str, Any]] = {
+    "benchmark": {},
+    "jitter": {"transform": {"path": "mei.transforms.Jitter", "kwargs": {"max_jitter": 2}}},
+    "target_fn": {},  # the units' mean response as target_fn (see sync_figure)
+    "original_ops": {
+        "precondition": {
+            "path": "mei.legacy.ops.GaussianBlurforSurround",
+            "kwargs": {"sigma": 1.0, "key": None, "center_mask": _CHECKERBOARD},
+        },
+        "transform": {"path": "mei.legacy.ops.FourierSmoothing", "kwargs": {"freq_exp": 1.0}},
+        "regularization": {"path": "mei.legacy.ops.BoxContrast", "kwargs": {"weight": 0.01}},
+    },
+}
+
+
+def sync_figure(device: str, model: Any, name: str, batch: int) -> dict[str, Any]:
+    """Synchronizing calls per step of a batched run of ``SYNC_CONFIGS[name]``."""
+    import warnings
+
+    def run(steps: int) -> None:
+        cfg = {**config(device, steps), **SYNC_CONFIGS[name]}
+        target_fn = torch.mean if name == "target_fn" else None
+        units, seeds = list(range(batch)), list(range(batch))
+        gradient_ascent_units(None, model, cfg, seeds, units, shape=SHAPE, target_fn=target_fn)
+
+    if not device.startswith("cuda"):
+        run(5)  # the config runs; its waits are not counted
+        return {"config": name, "skipped": "counting synchronizations needs CUDA"}
+
+    def count(steps: int) -> int:
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                run(steps)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    short, long = count(30), count(60)
+    return {
+        "config": name,
+        "batch": batch,
+        "syncs_30_steps": short,
+        "syncs_60_steps": long,
+        "syncs_per_step": (long - short) / 30,
+        "target": "syncs_per_step < 1 (0.04: the finite check every 25 steps)",
+    }
 
 
 def populate_figure(device: str, quick: bool) -> dict[str, Any]:
@@ -231,6 +290,30 @@ def main() -> int:
             else:
                 figure["target"] = "overhead_ms_per_neuron_step <= 0.004 (CPU target)"
             emit("batch" if single is not None else "overhead", **figure)
+
+    # a per-element random transform: the batch with Jitter against the batch without
+    jitter_cfg = {**cfg, **SYNC_CONFIGS["jitter"]}
+    for batch in args.batches:
+        units, seeds = [u % 1000 for u in range(batch)], list(range(batch))
+
+        def plain(units: list[int] = units, seeds: list[int] = seeds) -> Any:
+            return gradient_ascent_units(None, conv, cfg, seeds, units, shape=SHAPE)
+
+        def jittered(units: list[int] = units, seeds: list[int] = seeds) -> Any:
+            return gradient_ascent_units(None, conv, jitter_cfg, seeds, units, shape=SHAPE)
+
+        t = interleaved({"plain": plain, "jitter": jittered}, device, args.repeats)
+        emit(
+            "jitter",
+            model="ConvCoreReadout",
+            batch=batch,
+            plain_ms_per_step=t["plain"] / steps * 1e3,
+            jitter_ms_per_step=t["jitter"] / steps * 1e3,
+            jitter_ms_per_element_step=(t["jitter"] - t["plain"]) / (batch * steps) * 1e3,
+        )
+
+    for name in SYNC_CONFIGS:
+        emit("syncs", **sync_figure(device, conv, name, 8))
 
     if not args.no_populate:
         emit("populate", **populate_figure(device, args.quick))

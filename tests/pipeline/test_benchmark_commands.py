@@ -45,11 +45,18 @@ def test_the_gpu_session_script_runs_every_figure_on_the_cpu(connection, tmp_pat
         "single",
         *["batch"] * 2,
         *["overhead"] * 2,
+        *["jitter"] * 2,
+        *["syncs"] * 4,
         "populate",
     ]
     assert all(line["device"] == "cpu" and line["steps"] == 5 for line in lines)
     single = lines[0]
     assert single["engine_ms_per_step"] > 0 and single["minimal_ms_per_step"] > 0
+    jitter = lines[5]
+    assert jitter["plain_ms_per_step"] > 0 and jitter["jitter_ms_per_step"] > 0
+    syncs = [line for line in lines if line["figure"] == "syncs"]
+    assert [s["config"] for s in syncs] == ["benchmark", "jitter", "target_fn", "original_ops"]
+    assert all("needs CUDA" in s["skipped"] for s in syncs)  # each config ran on the CPU
     populate = lines[-1]
     assert "skipped" not in populate, populate
     assert populate["neurons"] == 4 and populate["database"].endswith("(DJ_HOST)")
