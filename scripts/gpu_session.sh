@@ -7,7 +7,8 @@
 # The machine reaches no package index: carry benchmarks/.wheels (made here with the
 # `pip download` line in benchmarks/README.md, plus pytest) and the script installs from it
 # what the machine's Python lacks. Results go to $OUT (the device tool's folder that comes
-# back), else /tmp/mei-gpu: gpu.txt (the card), tests.txt, gpu_suite.jsonl, gpu_suite.err.
+# back), else /tmp/mei-gpu: gpu.txt (the card), tests.txt, gpu_suite.jsonl, gpu_suite.err,
+# profile_step.txt. At most 4 + 5 + 1 minutes (the device tool's limit per call is 10).
 # GPU_SUITE_ARGS passes arguments to gpu_suite.py (e.g. "--device cpu --quick" to try the
 # script on a machine without a GPU).
 set -uo pipefail
@@ -38,9 +39,15 @@ else
 fi
 
 # shellcheck disable=SC2086  # GPU_SUITE_ARGS is a list of arguments
-PYTHONPATH=. timeout 420 "$python" benchmarks/gpu_suite.py ${GPU_SUITE_ARGS:-} \
+PYTHONPATH=. timeout 300 "$python" benchmarks/gpu_suite.py ${GPU_SUITE_ARGS:-} \
     >"$out/gpu_suite.jsonl" 2>"$out/gpu_suite.err"
 status=$?
 echo "gpu_suite: exit $status, $(wc -l <"$out/gpu_suite.jsonl") figure(s)"
 cat "$out/gpu_suite.jsonl"
+
+# where one step's host time goes, engine next to the hand-written loop (kernel launches and
+# synchronizing calls per step, operators by host time): on the GPU when there is one
+PYTHONPATH=. timeout 60 "$python" benchmarks/profile_step.py --steps 20 --rows 30 \
+    >"$out/profile_step.txt" 2>&1
+echo "profile_step: exit $? ($(grep -c '^===' "$out/profile_step.txt") table(s))"
 exit $status

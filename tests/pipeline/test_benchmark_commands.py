@@ -38,6 +38,7 @@ def test_the_gpu_session_script_runs_every_figure_on_the_cpu(connection, tmp_pat
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "CUDA tests: exit 0" in done.stdout  # all skipped here, none failed
+    assert "profile_step: exit 0 (2 table(s))" in done.stdout  # engine and loop
     output = (tmp_path / "gpu_suite.jsonl").read_text()
     assert output.strip() in done.stdout  # the figures are printed too
     lines = [json.loads(line) for line in output.splitlines()]
