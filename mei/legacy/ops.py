@@ -187,12 +187,13 @@ def _on_device(
     The original copied such tensors every step; on a GPU each copy from host memory is a
     synchronous transfer (the host waits for the device), every step.
     """
-    copies: dict[tuple[torch.device, torch.dtype | None], tuple[Tensor, Tensor]]
+    copies: dict[tuple[int, torch.device, torch.dtype | None], tuple[Tensor, Tensor]]
     copies = op.__dict__.setdefault("_device_copies", {})
-    entry = copies.get((device, dtype))
-    if entry is None or entry[0] is not tensor:
+    key = (id(tensor), device, dtype)  # the entry holds the tensor: its id stays its own
+    entry = copies.get(key)
+    if entry is None:
         made = tensor if derive is None else derive(tensor)
-        entry = copies[(device, dtype)] = (tensor, made.to(device=device, dtype=dtype))
+        entry = copies[key] = (tensor, made.to(device=device, dtype=dtype))
     return entry[1]
 
 
