@@ -5,6 +5,7 @@ import collections
 import pytest
 import torch
 from models import LinearNeurons, SmallConvNet, base_config
+from step_watch import StepCounter
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mei.methods import gradient_ascent, gradient_ascent_units
@@ -201,19 +202,17 @@ def test_a_jittered_step_calls_as_many_operators_at_any_batch_size(path, kwargs,
     B = 16 (on a GPU each is a kernel launch; per-row shifts were B pads forward and B
     backward), apart from each element's draw of its offsets from its own generator on the
     host."""
-    from mei.optimization import MEI
-
     host_draws = {"aten.randint", "aten._local_scalar_dense"}
 
     class Operators(TorchDispatchMode):
-        def __init__(self):
+        def __init__(self, steps):
             super().__init__()
-            self.step = 0
+            self.steps = steps
             self.by_step = collections.Counter()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if str(func.overloadpacket) not in host_draws:
-                self.by_step[self.step] += 1
+                self.by_step[self.steps.step] += 1
             return func(*args, **(kwargs or {}))
 
     def per_step(b):
@@ -224,14 +223,7 @@ def test_a_jittered_step_calls_as_many_operators_at_any_batch_size(path, kwargs,
         seen = kwargs.get("height", 12)
         model = LinearNeurons(shape=(1, seen, seen), n=4)
         units, seeds = [i % 4 for i in range(b)], list(range(b))
-        operators = Operators()
-        record_step = MEI.record_step
-
-        def counted(mei, *args, **kwargs):
-            operators.step += 1
-            return record_step(mei, *args, **kwargs)
-
-        monkeypatch.setattr(MEI, "record_step", counted)
+        operators = Operators(StepCounter(monkeypatch))
         with operators:
             gradient_ascent_units(None, model, config, seeds, units, shape=(1, 1, 12, 12))
         return [operators.by_step[i] for i in range(2, 7)]  # steps between first and last

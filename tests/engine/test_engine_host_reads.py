@@ -23,13 +23,13 @@ import collections
 import pytest
 import torch
 from models import SmallConvNet, TwoStimulusNeuron, base_config
+from step_watch import StepCounter
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mei.legacy import ops
 from mei.methods import gradient_ascent, gradient_ascent_units
 from mei.modules import ConstrainedOutputModel
-from mei.optimization import MEI
 
 SHAPE = (1, 1, 16, 16)
 STEPS = 30  # NumIterations(30): 31 steps, numbered 1 to 31 below
@@ -44,9 +44,13 @@ class _Reads:
     """What was read or moved, by step (step ``n``: from the ``n``-th step's start to the
     next one's; 0: before the first)."""
 
-    def __init__(self) -> None:
-        self.step = 0
+    def __init__(self, monkeypatch) -> None:
+        self._counter = StepCounter(monkeypatch)
         self.by_step: dict[int, list[str]] = collections.defaultdict(list)
+
+    @property
+    def step(self) -> int:
+        return self._counter.step
 
     def steps(self) -> set[int]:
         return set(self.by_step)
@@ -88,14 +92,7 @@ class _Ops(TorchDispatchMode):
 
 def _watched(run, monkeypatch):
     """``run()`` with every read and move recorded by step."""
-    reads = _Reads()
-    record_step = MEI.record_step
-
-    def counted(self, *args, **kwargs):
-        reads.step += 1
-        return record_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(MEI, "record_step", counted)
+    reads = _Reads(monkeypatch)
     with _Calls(reads), _Ops(reads):
         run()
     return reads
