@@ -50,7 +50,9 @@ def test_batched_runs_apply_the_target_function_per_element():
         single = gradient_ascent(
             None, ConstrainedOutputModel(net, unit, target), base_config(), 3, shape=SHAPE
         )
-        assert (mei - single[0]).abs().max() <= 1e-5 and abs(score - single[1]) <= 1e-5
+        # float32 rounding of the batched reduction: relative to the score (about 600 here)
+        assert (mei - single[0]).abs().max() <= 1e-5
+        assert abs(score - single[1]) <= 1e-6 * abs(single[1])
 
 
 def test_the_later_keyword_call_and_positional_order_work():
@@ -272,7 +274,9 @@ def test_batched_elements_with_their_own_seeds_follow_their_own_streams():
     for (mei, score, _), seed, unit in zip(batched, seeds, units, strict=True):
         model = ConstrainedOutputModel(net, unit, forward_kwargs=kwargs)
         single = gradient_ascent(cases.dataloaders(), model, config, seed)
-        assert (mei - single[0]).abs().max() <= 1e-5 and abs(score - single[1]) <= 1e-5
+        # float32 rounding of the batched reduction: relative to the score (about 600 here)
+        assert (mei - single[0]).abs().max() <= 1e-5
+        assert abs(score - single[1]) <= 1e-6 * abs(single[1])
 
 
 def test_legacy_paths_take_infinite_bounds_as_the_original_did():
