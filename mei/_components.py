@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._counter_rng import CounterStreams
 from .import_helpers import import_path
 
 
@@ -19,6 +20,16 @@ class Component:
     """
 
     per_row = True
+
+    @property
+    def capturable(self) -> bool | str:
+        """``True`` if a step with this component can be captured as a CUDA graph (it reads
+        nothing on the host and does the same work every step), else the reason it cannot;
+        see :mod:`mei.capture`. A ``decay_factor`` changes the work with the step number."""
+        decay = getattr(self, "decay_factor", None)
+        if decay is not None:
+            return f"it changes with the step number (decay_factor={decay!r})"
+        return True
 
     def check_shape(self, shape: Sequence[int]) -> None:
         """Raise ``ValueError`` if this component cannot act on inputs of ``shape`` (the
@@ -38,6 +49,17 @@ class PerElementRandom(Component):
 
     _seeds: list[int] | None = None
     _generators: list[torch.Generator] | None = None
+    _streams: CounterStreams | None = None
+
+    @property
+    def capturable(self) -> bool | str:
+        if self._streams is not None:
+            return True
+        return 'it draws each element\'s numbers on the host every step (use "rng": "device")'
+
+    def use_streams(self, streams: CounterStreams) -> None:
+        """Draw element ``b``'s numbers from ``streams`` on the device (``"rng": "device"``)."""
+        self._streams = streams
 
     def reseed(self, seeds: Sequence[int]) -> None:
         self._seeds = [int(s) for s in seeds]
@@ -54,6 +76,19 @@ class PerElementRandom(Component):
             generators = self._generators
             assert generators is not None  # reseed set them
         return generators
+
+    def _draw_on_device(self, batch_size: int, n: int) -> Tensor | None:
+        """``(B, n)`` 32-bit integers from the device streams (one draw); ``None`` without
+        (see :func:`mei._counter_rng.fold`)."""
+        streams = self._streams
+        if streams is None:
+            return None
+        if len(streams) != batch_size:
+            raise ValueError(
+                f"{type(self).__name__} was given streams for {len(streams)} elements but got "
+                f"a batch of {batch_size}"
+            )
+        return streams.raw(n)
 
     def _draw_ints(self, batch_size: int, low: int, high: int) -> list[int]:
         """One integer in ``[low, high]`` per element."""
@@ -72,6 +107,16 @@ def build(spec: Any) -> Any:
     if not callable(spec):
         raise TypeError(f"expected a component or a {{'path': ...}} entry, got {spec!r}")
     return spec
+
+
+def all_capturable(parts: Sequence[Any]) -> bool | str:
+    """``True`` if every one of ``parts`` can be captured, else the first one's reason."""
+    for part in parts:
+        flag = getattr(part, "capturable", None)
+        if flag is not True:
+            reason = flag if isinstance(flag, str) else "it does not declare capturable = True"
+            return f"its part {type(part).__name__}: {reason}"
+    return True
 
 
 def check_shape(component: Any, shape: Sequence[int]) -> None:

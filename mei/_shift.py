@@ -68,6 +68,29 @@ def crop_rows(
     return cropped.reshape(*x.shape[:-2], height, width)
 
 
+def shift_rows_at(x: Tensor, dys: Tensor, dxs: Tensor, max_y: int, max_x: int) -> Tensor:
+    """:func:`shift_rows` with the offsets as device tensors ``(B,)`` of at most ``max_y``,
+    ``max_x`` in size (each smaller than the image's side): nothing is read on the host."""
+    h, w = x.shape[-2:]
+    if max_y >= h or max_x >= w or x.dim() < 3:
+        raise ValueError(
+            f"offsets of up to ({max_y}, {max_x}) pixels do not fit inputs of shape "
+            f"{tuple(x.shape)}: reflection needs offsets smaller than the image"
+        )
+    flat = x.reshape(x.shape[0], -1, h, w)
+    padded = F.pad(flat, (max_x, max_x, max_y, max_y), mode="reflect")
+    starts = torch.stack((max_y - dys, max_x - dxs))
+    return _gather(padded, starts, h, w).reshape(x.shape)
+
+
+def crop_rows_at(x: Tensor, tops: Tensor, lefts: Tensor, height: int, width: int) -> Tensor:
+    """:func:`crop_rows` with the corners as device tensors ``(B,)`` (the crops must fit)."""
+    h, w = x.shape[-2:]
+    flat = x.reshape(x.shape[0], -1, h, w)
+    cropped = _gather(flat, torch.stack((tops, lefts)), height, width)
+    return cropped.reshape(*x.shape[:-2], height, width)
+
+
 def _windows(
     x: Tensor, tops: Sequence[int], lefts: Sequence[int], height: int, width: int
 ) -> Tensor:
@@ -78,6 +101,11 @@ def _windows(
         starts = starts.pin_memory().to(x.device, non_blocking=True)
     else:
         starts = starts.to(x.device)
+    return _gather(x, starts, height, width)
+
+
+def _gather(x: Tensor, starts: Tensor, height: int, width: int) -> Tensor:
+    """The windows of :func:`_windows` at ``starts`` ``(2, B)`` (tops, lefts) on the device."""
     along_y = starts[0][:, None] + _arange(height, x.device)  # (B, height)
     along_x = starts[1][:, None] + _arange(width, x.device)  # (B, width)
     rows = _arange(x.shape[0], x.device)[:, None, None, None]

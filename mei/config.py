@@ -81,6 +81,7 @@ SETTING_KEYS = (
     "inhibitory",
     "score",
     "rng",
+    "capture",
 )
 COMPONENT_KEYS = tuple(k for k in REQUIRED_KEYS + OPTIONAL_KEYS if k not in ("device",))
 ALLOWED_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS + SETTING_KEYS
@@ -88,7 +89,7 @@ ALLOWED_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS + SETTING_KEYS
 #: ``score``: which evaluation a run returns as the MEI's score.
 SCORES = ("last_step", "final")
 #: ``rng``: where random numbers come from.
-RNGS = ("original", "separate")
+RNGS = ("original", "separate", "device")
 
 SEED_MIN, SEED_MAX = -(2**31), 2**31 - 1
 """Seeds are integers in the range of the ``mei_seed`` column (``int``, 32 bits)."""
@@ -169,6 +170,7 @@ class MethodConfig:
     inhibitory: bool = False
     score: str = "last_step"
     rng: str = "original"
+    capture: bool = False
 
     @property
     def batchable(self) -> bool:
@@ -684,7 +686,7 @@ def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
                 key="model_forward_kwargs",
             )
         settings["model_forward_kwargs"] = copy.deepcopy(dict(forward_kwargs))
-    for name in ("transparency", "inhibitory"):
+    for name in ("transparency", "inhibitory", "capture"):
         value = config.get(name)
         if value is None:
             continue

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from ._components import check_shape
+from ._counter_rng import CounterStreams
+from .capture import requested as capture_requested
 from .config import ComponentSpec, MethodConfig, check_seed, resolve_config, validate_config
 from .errors import ComponentError, ConfigError, InputError
 from .modules import (
@@ -226,9 +228,11 @@ def _element_streams(
     is drawn, and the generator, continued, feeds the random transforms. ``"separate"``:
     the start comes from a generator seeded with the seed, random components from one
     seeded with ``seed + 1`` (independent of the data loading and of the initial guess).
+    ``"device"``: the start as with ``"separate"``; random components that can draw on the
+    device use counter streams keyed by ``seed + 1`` instead (see :func:`run_batch`).
     """
     n = method.n_meis
-    if method.rng == "separate":
+    if method.rng in ("separate", "device"):
         if shape is None:
             assert read is not None  # gradient_ascent passes one of them
             shape = read()
@@ -321,12 +325,21 @@ def _rng_devices(device: torch.device) -> list[int]:
     return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
-def _build_for(spec: ComponentSpec[T] | None, generators: Sequence[torch.Generator]) -> T | None:
+def _build_for(
+    spec: ComponentSpec[T] | None,
+    generators: Sequence[torch.Generator],
+    streams: CounterStreams | None = None,
+) -> T | None:
     """Build ``spec``'s component; a random one draws element ``b``'s numbers from
-    ``generators[b]``."""
+    ``streams`` on the device where it can and they are given (``"rng": "device"``), else
+    from ``generators[b]``."""
     if spec is None:
         return None
     component = spec.build()
+    use_streams = getattr(component, "use_streams", None)
+    if streams is not None and callable(use_streams):
+        use_streams(streams)
+        return component
     for_elements = getattr(component, "for_elements", None)
     if callable(for_elements):
         return cast(T, for_elements(list(generators)))
@@ -445,7 +458,10 @@ def run_batch(
             torch.set_rng_state(generators[0].get_state())
             generators = [torch.default_generator]
         image = start.to(device)
-        parameterization = _build_for(method.parameterization, generators)
+        streams = None
+        if method.rng == "device":
+            streams = CounterStreams([s + 1 for s in seeds], device)
+        parameterization = _build_for(method.parameterization, generators, streams)
         if parameterization is not None and method.parameterization is not None:
             _check_shapes(
                 {"parameterization": (parameterization, method.parameterization)}, image.shape
@@ -456,7 +472,7 @@ def run_batch(
         stoppers = [method.stopper.build() for _ in seeds]
         trackers = [Tracker(**{s.path: s.build() for s in method.objectives}) for _ in seeds]
         parts = {
-            spec.key: (_build_for(spec, generators), spec)
+            spec.key: (_build_for(spec, generators, streams), spec)
             for spec in (
                 method.transform,
                 method.regularization,
@@ -478,8 +494,9 @@ def run_batch(
             inhibitory=method.inhibitory,
             transparency=method.transparency,
             transparency_weight=method.transparency_weight,
-            background=_build_for(method.background, generators),
+            background=_build_for(method.background, generators, streams),
             parameterization=parameterization,
+            capture=method.capture or capture_requested(),
         )
         scores, inputs = optimize(mei, stoppers, trackers, progress=bar, score=method.score)
     inputs = inputs.cpu()

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ._components import batched_form, use_group
+from .capture import StepGraph, component_blocker, describe, log_blockers, optimizer_blocker
 from .domain import RECORD_FIELDS, Input, State, StepRecord
 from .errors import ComponentError, ModelError, NonFiniteError
 from .tracking import BatchTracking, Tracker
@@ -105,6 +106,7 @@ class MEI:
         transparency_weight: float = 1.0,
         background: Background | None = None,
         parameterization: Parameterization | None = None,
+        capture: bool = False,
     ):
         self.func = func
         if getattr(parameterization, "identity", False) is True:
@@ -145,6 +147,40 @@ class MEI:
         self._evaluation_sum = torch.zeros(
             self.batch_size, dtype=torch.float64, device=self._input.device
         )
+        #: capture the steps as a CUDA graph where they can be (see :mod:`mei.capture`)
+        self.capture = bool(capture)
+        self._graph: StepGraph | None = None
+
+    def capture_blockers(self) -> list[str]:
+        """Why this MEI's steps cannot be captured (empty: they can; see :mod:`mei.capture`)."""
+        reasons = []
+        if self.transparency:
+            reasons.append("transparency composes each step over a background drawn on the host")
+        reason = optimizer_blocker(self.optimizer)
+        if reason is not None:
+            reasons.append(reason)
+        for slot, component in (
+            ("parameterization", self.parameterization),
+            ("transform", self.transform),
+            ("regularization", self.regularization),
+            ("precondition", self.precondition),
+            ("postprocessing", self.postprocessing),
+        ):
+            blocker = component_blocker(slot, component)
+            if blocker is not None:
+                reasons.append(blocker)
+        return reasons
+
+    def stop_capturing(self, reasons: Sequence[str]) -> None:
+        """Run the eager step from now on, and log ``reasons`` (once each)."""
+        if self.capture and reasons:
+            log_blockers(list(reasons))
+            self.capture = False
+
+    @property
+    def captured(self) -> bool:
+        """Whether the steps are replayed from a CUDA graph now."""
+        return self._graph is not None and self._graph.captured
 
     def regroup(self, elements: int) -> None:
         """Treat the input as ``elements`` MEIs of equal size (before the first step)."""
@@ -238,6 +274,143 @@ class MEI:
             )
         return term
 
+    def _forward_backward(self, x: Tensor, i: int) -> tuple[Tensor, dict[str, Tensor | None]]:
+        """The loss of step ``i`` at ``x``, its backward pass and the preconditioning of the
+        gradient (left in ``x.grad``); the loss and the step's detached parts."""
+        image: Tensor | None = None
+        if self.transparency:
+            # the original drew the background twice per step (it evaluated twice), so
+            # random backgrounds draw twice here too; the second draw was not used
+            composite = self._composite(x, i, self._draw_background(x, i))
+            self._draw_background(x, i)
+            transformed = composite.float()
+            evaluation = self._evaluate(transformed)
+            mean_alpha = torch.mean(x[:, -1, ...])
+            reg_term = self._regularize(mean_alpha)
+            scale = 1 - mean_alpha * self.transparency_weight
+            loss = (-evaluation if reg_term is None else -evaluation + reg_term) * scale
+            loss = loss.sum()
+        else:
+            image = self._image(x)
+            transformed = self.transform(image, i) if self.transform is not None else image
+            if not isinstance(transformed, Tensor):
+                raise ComponentError(
+                    f"transform returned a {type(transformed).__name__}, not a tensor"
+                )
+            evaluation = self._evaluate(transformed)
+            reg_term = self._regularize(transformed)
+            objective = evaluation if reg_term is None else evaluation - reg_term
+            loss = -objective.sum()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+        grad = x.grad
+        if grad is None:
+            raise ModelError("the model's output does not depend on its input (no gradient)")
+        preconditioned = grad
+        if self.precondition is not None:
+            preconditioned = self.precondition(grad, i)
+            if not isinstance(preconditioned, Tensor) or preconditioned.shape != grad.shape:
+                raise ComponentError(
+                    f"precondition must return a tensor of the gradient's shape "
+                    f"{tuple(grad.shape)}, got {_describe(preconditioned)}"
+                )
+            x.grad = preconditioned
+        return loss, {
+            "image": None if image is None else image.detach(),
+            "transformed": transformed.detach(),
+            "evaluation": evaluation.detach(),
+            "reg_term": None if reg_term is None else reg_term.detach(),
+            "grad": grad.detach(),
+            "preconditioned": preconditioned.detach(),
+        }
+
+    def _after_update(self, x: Tensor, i: int, evaluation: Tensor) -> None:
+        """After the optimizer's update (without gradients): postprocessing, the stopped
+        elements put back, and the evaluation added to the running sum of the finite check."""
+        pixels = self.parameterization is None
+        if self.postprocessing is not None:
+            image = x.detach() if pixels else self._image(x.detach())
+            processed = self.postprocessing(image, i)
+            if not isinstance(processed, Tensor) or processed.shape != image.shape:
+                raise ComponentError(
+                    f"postprocessing must return a tensor of the input's shape "
+                    f"{tuple(image.shape)}, got {_describe(processed)}"
+                )
+            if not pixels:
+                assert self.parameterization is not None  # not pixels
+                processed = self.parameterization.from_image(processed)
+            x.copy_(processed)
+        if self._frozen is not None:
+            mask, values = self._frozen
+            x.copy_(torch.where(mask, values, x))
+        # one kernel: a NaN or infinite evaluation makes its element's sum non-finite
+        # for good (float64: finite float32 evaluations cannot overflow it)
+        self._evaluation_sum.add_(evaluation)
+
+    def _captured_body(self) -> dict[str, Tensor | None]:
+        """One whole step's tensor work, as a CUDA graph holds it (see :mod:`mei.capture`)."""
+        x, i = self._input, self.i_iter
+        self.optimizer.zero_grad(set_to_none=True)
+        _, parts = self._forward_backward(x, i)
+        self.optimizer.step()
+        with _NO_GRAD:
+            evaluation = parts["evaluation"]
+            assert evaluation is not None  # every step evaluates
+            self._after_update(x, i, evaluation)
+        return parts
+
+    def _record_captured(self, keep: Collection[str] | None) -> StepRecord:
+        """:meth:`record_step` through the captured step: the step's outputs are at fixed
+        places that the next step overwrites, so what the record keeps is copied."""
+        x = self._input
+        i = self.i_iter
+        if self._graph is None:
+            if self._frozen is None:  # a fixed mask in the graph from the start
+                detached = x.detach()
+                mask_shape = (len(detached),) + (1,) * (detached.dim() - 1)
+                mask = torch.zeros(mask_shape, dtype=torch.bool, device=x.device)
+                self._frozen = (mask, detached.clone())
+            self._graph = StepGraph(self._captured_body, x)
+        dropped = frozenset() if keep is None else _DROPPABLE.difference(keep)
+        keep_transformed = "transformed_input" not in dropped
+        pixels = self.parameterization is None
+        input_before = None
+        if pixels and (keep_transformed or "input_" not in dropped):
+            input_before = x.detach().clone()
+        out = self._graph()
+
+        def own(name: str) -> Tensor | None:
+            value = out[name]
+            return None if value is None else value.clone()
+
+        transformed = None
+        if keep_transformed:
+            seen = out["transformed"]
+            assert seen is not None  # every step transforms
+            if not pixels:
+                transformed = seen.clone()
+            elif input_before is not None:
+                transformed = _as_seen(seen, x, input_before)
+                transformed = transformed.clone() if transformed is seen else transformed
+        evaluation = own("evaluation")
+        assert evaluation is not None  # every step evaluates
+        with _NO_GRAD:
+            post_processed = None
+            if "post_processed_input" not in dropped:
+                post_processed = x.detach().clone() if pixels else self._image(x.detach())
+        self.i_iter += 1
+        return StepRecord(
+            i_iter=i,
+            evaluation=evaluation,
+            reg_term=own("reg_term"),
+            input_=None if "input_" in dropped else own("image") if not pixels else input_before,
+            transformed_input=transformed,
+            post_processed_input=post_processed,
+            grad=None if "grad" in dropped else own("grad"),
+            preconditioned_grad=None if "preconditioned_grad" in dropped else own("preconditioned"),
+            dropped=dropped,
+            group=self.group,
+        )
+
     def step(self) -> State | list[State]:
         """Perform one step; return its :class:`~mei.domain.State` (a list of States, one
         per MEI, for a batch of several), as the original library's ``MEI.step`` did."""
@@ -252,6 +425,8 @@ class MEI:
         others are not copied nor kept (``None`` in the record). The evaluation and the
         regularization term are always kept.
         """
+        if self.capture:
+            return self._record_captured(keep)
         x = self._input
         i = self.i_iter
         dropped = frozenset() if keep is None else _DROPPABLE.difference(keep)
@@ -266,60 +441,27 @@ class MEI:
             # Optimizers such as LBFGS evaluate several times per step; the record keeps the
             # first evaluation, taken at the input before the step.
             self.optimizer.zero_grad(set_to_none=True)
-            if self.transparency:
-                # the original drew the background twice per step (it evaluated twice), so
-                # random backgrounds draw twice here too; the second draw was not used
-                composite = self._composite(x, i, self._draw_background(x, i))
-                self._draw_background(x, i)
-                transformed = composite.float()
-                evaluation = self._evaluate(transformed)
-                mean_alpha = torch.mean(x[:, -1, ...])
-                reg_term = self._regularize(mean_alpha)
-                scale = 1 - mean_alpha * self.transparency_weight
-                loss = (-evaluation if reg_term is None else -evaluation + reg_term) * scale
-                loss = loss.sum()
-            else:
-                image = self._image(x)
-                if not pixels:
-                    first.setdefault("image", image.detach())
-                transformed = self.transform(image, i) if self.transform is not None else image
-                if not isinstance(transformed, Tensor):
-                    raise ComponentError(
-                        f"transform returned a {type(transformed).__name__}, not a tensor"
-                    )
-                evaluation = self._evaluate(transformed)
-                reg_term = self._regularize(transformed)
-                objective = evaluation if reg_term is None else evaluation - reg_term
-                loss = -objective.sum()
-            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
-            grad = x.grad
-            if grad is None:
-                raise ModelError("the model's output does not depend on its input (no gradient)")
-            preconditioned = grad
-            if self.precondition is not None:
-                preconditioned = self.precondition(grad, i)
-                if not isinstance(preconditioned, Tensor) or preconditioned.shape != grad.shape:
-                    raise ComponentError(
-                        f"precondition must return a tensor of the gradient's shape "
-                        f"{tuple(grad.shape)}, got {_describe(preconditioned)}"
-                    )
-                x.grad = preconditioned
+            loss, parts = self._forward_backward(x, i)
+            if not pixels:
+                first.setdefault("image", parts["image"])
             if "evaluation" not in first:
+                transformed = parts["transformed"]
+                assert transformed is not None  # the forward pass made it
                 first.update(
                     transformed=(
                         None
                         if not keep_transformed
-                        else transformed.detach()
+                        else transformed
                         if not pixels
-                        else _as_seen(transformed.detach(), x, input_before)
+                        else _as_seen(transformed, x, input_before)
                         if input_before is not None
                         else None
                     ),
-                    evaluation=evaluation.detach(),
-                    reg_term=None if reg_term is None else reg_term.detach(),
-                    grad=None if "grad" in dropped else grad.detach(),
+                    evaluation=parts["evaluation"],
+                    reg_term=parts["reg_term"],
+                    grad=None if "grad" in dropped else parts["grad"],
                     preconditioned=(
-                        None if "preconditioned_grad" in dropped else preconditioned.detach()
+                        None if "preconditioned_grad" in dropped else parts["preconditioned"]
                     ),
                 )
             return loss
@@ -332,24 +474,7 @@ class MEI:
             self.optimizer.step()
 
         with _NO_GRAD:
-            if self.postprocessing is not None:
-                image = x.detach() if pixels else self._image(x.detach())
-                processed = self.postprocessing(image, i)
-                if not isinstance(processed, Tensor) or processed.shape != image.shape:
-                    raise ComponentError(
-                        f"postprocessing must return a tensor of the input's shape "
-                        f"{tuple(image.shape)}, got {_describe(processed)}"
-                    )
-                if not pixels:
-                    assert self.parameterization is not None  # not pixels
-                    processed = self.parameterization.from_image(processed)
-                x.copy_(processed)
-            if self._frozen is not None:
-                mask, values = self._frozen
-                x.copy_(torch.where(mask, values, x))
-            # one kernel: a NaN or infinite evaluation makes its element's sum non-finite
-            # for good (float64: finite float32 evaluations cannot overflow it)
-            self._evaluation_sum.add_(first["evaluation"])
+            self._after_update(x, i, first["evaluation"])
             post_processed = None
             if "post_processed_input" not in dropped:
                 post_processed = x.detach().clone() if pixels else self._image(x.detach())
@@ -554,6 +679,14 @@ def optimize(
         )
     stopping = _Stopping(stoppers)
     tracking = BatchTracking(trackers)
+    if mei.capture:
+        reasons = mei.capture_blockers()
+        if stopping.batched is None:
+            reasons.append(
+                f"stopper {describe(stoppers[0])} has no batched form: it reads each element's "
+                "State on the host every step"
+            )
+        mei.stop_capturing(reasons)
     active = list(range(mei.batch_size))
     last: Tensor | None = None  # each element's evaluation at the step it stopped
     while active:

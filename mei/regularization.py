@@ -13,7 +13,15 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from ._components import Component, build, check_shape, per_element, require_movie, use_group
+from ._components import (
+    Component,
+    all_capturable,
+    build,
+    check_shape,
+    per_element,
+    require_movie,
+    use_group,
+)
 from .typing import Regularization
 
 
@@ -141,6 +149,10 @@ class WeightedSum(Component):
     def use_group(self, group: int) -> None:
         for regularization in self.regularizations:
             use_group(regularization, group)
+
+    @property
+    def capturable(self) -> bool | str:
+        return all_capturable(self.regularizations)
 
     def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
         step = cast(int, i_iteration)  # None (a call by hand) is passed on as it is

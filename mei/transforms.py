@@ -10,15 +10,19 @@ transform may define ``final(x, i_iteration)``, the deterministic version used t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._components import Component, PerElementRandom, build, check_shape
-from ._shift import crop_rows, shift_one, shift_rows
+from ._components import Component, PerElementRandom, all_capturable, build, check_shape
+from ._counter_rng import fold
+from ._shift import crop_rows, crop_rows_at, shift_one, shift_rows, shift_rows_at
 from .typing import Transform
+
+if TYPE_CHECKING:
+    from ._counter_rng import CounterStreams
 
 
 def _pair(value: Any, name: str) -> tuple[int, int]:
@@ -59,6 +63,10 @@ class Jitter(PerElementRandom):
 
     def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
         my, mx = self._max
+        drawn = self._draw_on_device(len(x), 2)
+        if drawn is not None:  # "rng": "device"
+            dys, dxs = fold(drawn[:, 0], -my, my), fold(drawn[:, 1], -mx, mx)
+            return shift_rows_at(x, dys, dxs, my, mx)
         ys = self._draw_ints(len(x), -my, my)
         xs = self._draw_ints(len(x), -mx, mx)
         return shift_rows(x, ys, xs)  # the whole batch in one pad and one gather
@@ -78,6 +86,10 @@ class RandomCrop(PerElementRandom):
         h, w = x.shape[-2:]
         if h < self.height or w < self.width:
             raise ValueError(f"cannot crop {self.height}x{self.width} from an {h}x{w} input")
+        drawn = self._draw_on_device(len(x), 2)
+        if drawn is not None:  # "rng": "device"
+            top, left = fold(drawn[:, 0], 0, h - self.height), fold(drawn[:, 1], 0, w - self.width)
+            return crop_rows_at(x, top, left, self.height, self.width)
         tops = self._draw_ints(len(x), 0, h - self.height)
         lefts = self._draw_ints(len(x), 0, w - self.width)
         return crop_rows(x, tops, lefts, self.height, self.width)  # one gather
@@ -163,6 +175,15 @@ class Compose(Component):
         for transform in self.transforms:
             if hasattr(transform, "reseed"):
                 transform.reseed(seeds)
+
+    def use_streams(self, streams: CounterStreams) -> None:
+        for transform in self.transforms:
+            if hasattr(transform, "use_streams"):
+                transform.use_streams(streams)
+
+    @property
+    def capturable(self) -> bool | str:
+        return all_capturable(self.transforms)
 
     def final(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
         step = cast(int, i_iteration)  # None (a call by hand) is passed on as it is

@@ -63,6 +63,9 @@ class LegacyOp:
 
     elementwise: ClassVar[bool] = False
     per_row: ClassVar[bool] = True
+    #: checked to read nothing on the host and to do the same work every step (see
+    #: :mod:`mei.capture`); a ``decay_factor`` still makes the work change with the step
+    _capturable: ClassVar[bool] = False
     #: regularizers: a row's result is 0-d, and per-row results are stacked to shape (B,)
     _scalar: ClassVar[bool] = False
 
@@ -139,6 +142,19 @@ class LegacyOp:
         clone = copy.copy(self)
         clone._generators = generators
         return clone
+
+    @property
+    def capturable(self) -> bool | str:
+        """``True`` if a step with this op can be captured as a CUDA graph, else why not."""
+        if not self._capturable:
+            return (
+                "the original's op draws its random numbers or copies data from the host, or "
+                "has not been checked to read nothing there"
+            )
+        decay = self._args.get("decay_factor")
+        if decay is not None:
+            return f"it changes with the step number (decay_factor={decay!r})"
+        return True
 
     def __getstate__(self) -> dict[str, Any]:
         # copies on a device (see _on_device) are made again where the op is used
@@ -255,6 +271,8 @@ class TotalVariation(LegacyOp):
     for the vertical differences; here each row is compared with the row above it.
     """
 
+    _capturable = True
+
     _scalar = True
 
     def __init__(self, weight: float = 1, isotropic: bool = False):
@@ -292,6 +310,8 @@ class RegTransparency(LegacyOp):
 class LpNorm(LegacyOp):
     """The ``p``-norm of each image, averaged over the batch, times ``weight``."""
 
+    _capturable = True
+
     _scalar = True
 
     def __init__(self, weight: float = 1, p: float = 6):
@@ -323,6 +343,8 @@ class Similarity(LegacyOp):
     A batch of one image has no pairs: the original warned and returned the integer 0; here
     it warns and returns a zero tensor. The result couples the rows (``per_row = False``).
     """
+
+    _capturable = True
 
     per_row = False
     _scalar = True
@@ -381,6 +403,8 @@ class BoxContrast(LegacyOp):
     """Penalize local contrast: ``weight * mean(relu(box_sum(x**2) - box_constraint) ** p)``
     with a ``filter_size`` box over single-channel images (zero ``padding``), plus an
     L1 penalty ``LpNorm(weight=l1_weight, p=1)``. Batch-averaged as in the original."""
+
+    _capturable = True
 
     _scalar = True
 
@@ -462,6 +486,8 @@ class BoxContrastPixelL2(LegacyOp):
     As in the original, the lower-bound term is ``relu(-((x - lower) ** p))``, which is zero
     for even ``p``: only the upper bound is penalized with the default ``p=2``.
     """
+
+    _capturable = True
 
     _scalar = True
 
@@ -771,6 +797,8 @@ class ChangeRange(LegacyOp):
     ``x_min``/``x_max`` must broadcast with x (one that varies along the batch ties values
     to rows)."""
 
+    _capturable = True
+
     elementwise = True
 
     def __init__(self, x_min: float | Tensor, x_max: float | Tensor):
@@ -792,6 +820,8 @@ class Resize(LegacyOp):
     ``F.interpolate`` with the same arguments (the same numbers).
     """
 
+    _capturable = True
+
     elementwise = True
 
     def __init__(self, scale_factor: float, resize_method: str = "bilinear"):
@@ -809,6 +839,8 @@ class Resize(LegacyOp):
 class GrayscaleToRGB(LegacyOp):
     """Repeat the single channel of ``(B, 1, H, W)`` images three times (a view)."""
 
+    _capturable = True
+
     elementwise = True
 
     def _forward(
@@ -821,6 +853,8 @@ class GrayscaleToRGB(LegacyOp):
 
 class Identity(LegacyOp):
     """Returns the input as it is."""
+
+    _capturable = True
 
     elementwise = True
 
@@ -839,6 +873,8 @@ class ChangeNorm(LegacyOp):
     """Rescale each image to L2 norm ``norm`` (a number, or a tensor with one norm per image
     of the batch, which ties the norms to rows)."""
 
+    _capturable = True
+
     elementwise = True
 
     def __init__(self, norm: float | Tensor):
@@ -853,6 +889,8 @@ class ChangeNorm(LegacyOp):
 
 class ClipRange(LegacyOp):
     """Clip values to ``[x_min, x_max]``."""
+
+    _capturable = True
 
     elementwise = True
 
@@ -897,6 +935,8 @@ class FourierSmoothing(LegacyOp):
     multiplied by the mask, computed in float32 and cast to the input's dtype, as before).
     """
 
+    _capturable = True
+
     elementwise = True
 
     def __init__(self, freq_exp: float):
@@ -921,6 +961,8 @@ class DivideByMeanOfAbsolute(LegacyOp):
     by its own mean here (for one image: bitwise the original).
     """
 
+    _capturable = True
+
     elementwise = True
 
     def _forward(
@@ -931,6 +973,8 @@ class DivideByMeanOfAbsolute(LegacyOp):
 
 class MultiplyBy(LegacyOp):
     """Multiply by ``const``, or by ``const + decay_factor * (iteration - 1)``."""
+
+    _capturable = True
 
     elementwise = True
 
@@ -960,6 +1004,8 @@ class GaussianBlur(LegacyOp):
     input's dtype, then divide by the product of the window sums. Fixed: the window no longer
     needs scipy's removed ``signal.gaussian`` (same numbers).
     """
+
+    _capturable = True
 
     elementwise = True
 
@@ -1066,6 +1112,8 @@ def _mask_source_error(name: str, mask_arg: str) -> MissingMaskSource:
 
 class _MaskedBlur(LegacyOp):
     """The original's Gaussian blur (see :class:`GaussianBlur`) times a 0/1 mask."""
+
+    _capturable = True
 
     sigma: tuple[float, float]
     decay_factor: float | None
@@ -1221,6 +1269,8 @@ class ChangeStd(LegacyOp):
     with ``zero_mean=False`` the scaled image is shifted back to the original mean. (The
     original's docstring describes the flag the other way round; its code does this.)
     """
+
+    _capturable = True
 
     elementwise = True
 

@@ -73,3 +73,38 @@ class ItemReadingPenalty:
         penalty = 0.01 * x.pow(2).flatten(1).sum(1)
         self.last = penalty.sum().item()
         return penalty
+
+
+class EvaluationAbove(OptimizationStopper):
+    """Stops an element once its evaluation exceeds ``threshold``, or after ``max_steps``
+    steps; its batched form reads the batch's evaluations once per step."""
+
+    def __init__(self, threshold, max_steps):
+        self.threshold = threshold
+        self.max_steps = max_steps
+
+    def __call__(self, current_state):
+        done = current_state.evaluation > self.threshold
+        return done or current_state.i_iter + 1 >= self.max_steps, None
+
+    @classmethod
+    def batched(cls, stoppers):
+        return _EvaluationAboveBatch(stoppers)
+
+
+class _EvaluationAboveBatch:
+    def __init__(self, stoppers):
+        self.stoppers = stoppers
+
+    def reads(self, i_iteration):
+        return ()  # the evaluation is always in the record
+
+    def __call__(self, record, elements):
+        values = record.evaluation.tolist()
+        stopped = [
+            b
+            for b in elements
+            if values[b] > self.stoppers[b].threshold
+            or record.i_iter + 1 >= self.stoppers[b].max_steps
+        ]
+        return stopped, None
