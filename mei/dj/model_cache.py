@@ -7,9 +7,12 @@ table, whose ``load_model`` loads a model.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+import torch
 
 from .hashing import make_hash
 
@@ -99,8 +102,13 @@ class ModelLoader:
             raise KeyError(f"key {dict(key)!r} lacks the model key attributes {missing}")
         return {k: key[k] for k in self.primary_key}
 
-    def load(self, key: Mapping[str, Any]) -> Any:
-        """``(dataloaders, model)`` for ``key``; the model is a private copy."""
+    def load(self, key: Mapping[str, Any], device: str | None = None) -> Any:
+        """``(dataloaders, model)`` for ``key``; the model is a private copy.
+
+        With ``device`` (e.g. ``"cuda:0"``), a cached ``torch.nn.Module`` is moved there once
+        and copied there for each key: a GPU worker does not copy the model from the host
+        for every key. A device that is not available here is left to the run to refuse.
+        """
         model_key = self.model_key(key)
         if self.cache_size_limit == 0:
             self.misses += 1
@@ -115,8 +123,28 @@ class ModelLoader:
             while len(self.cache) > self.cache_size_limit:
                 self.cache.popitem(last=False)
         dataloaders, model = self.cache[cache_key]
+        if device is not None:
+            _move(model, device)
         return dataloaders, copy.deepcopy(model)
 
     def clear(self) -> None:
         """Forget all cached models."""
         self.cache.clear()
+
+
+def _move(model: Any, device: str) -> None:
+    """Move the module ``model`` to ``device`` in place, if it is a module, the device
+    exists and its parameters are elsewhere."""
+    if not isinstance(model, torch.nn.Module):
+        return
+    try:
+        target = torch.device(device)
+    except (RuntimeError, ValueError):
+        return
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            return
+        index = torch.cuda.current_device() if target.index is None else target.index
+        target = torch.device("cuda", index)
+    if any(p.device != target for p in itertools.chain(model.parameters(), model.buffers())):
+        model.to(target)

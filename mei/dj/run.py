@@ -24,11 +24,13 @@ from typing import Any, NamedTuple
 
 from torch import Tensor
 
+from ..capture import capturing
 from ..config import check_seed
 from ..errors import ComponentError, ConfigError, NonFiniteError, shorten
 from ..import_helpers import resolve_path
 from ..modules import ConstrainedOutputModel
 from .hashing import make_hash
+from .model_cache import ModelLoader
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,28 @@ def device_override(device: str | None) -> Iterator[None]:
         yield
     finally:
         _device.reset(token)
+
+
+@contextlib.contextmanager
+def run_options(table: Any) -> Iterator[None]:
+    """The MEI table's run options around a method call: its ``device`` override and, with
+    ``capture = True``, captured steps (:mod:`mei.capture`; no number changes)."""
+    with device_override(table.device), capturing(bool(getattr(table, "capture", False))):
+        yield
+
+
+def load_model(table: Any, key: Key, method_config: Any) -> tuple[Any, Any]:
+    """``(dataloaders, model)`` of ``key`` from the table's model cache; a :class:`ModelLoader`
+    keeps its cached model on the device the run uses (the table's ``device``, else the
+    config's), so that a GPU worker copies it to the device once, not once per key."""
+    loader = table.model_loader
+    if isinstance(loader, ModelLoader):
+        device = table.device
+        if device is None and isinstance(method_config, Mapping):
+            device = method_config.get("device")
+        loaded: tuple[Any, Any] = loader.load(key, device if isinstance(device, str) else None)
+        return loaded
+    return loader.load(key)  # type: ignore[no-any-return]
 
 
 class Fetched(NamedTuple):
@@ -239,8 +263,8 @@ def compute_key(table: Any, key: Key, fetched: Sequence[Any]) -> Result:
 
     ``table`` is the MEI table; ``fetched`` what its ``make_fetch`` returned for ``key``.
     """
-    method_fn, _, seed = fetched
-    dataloaders, model = table.model_loader.load(key)
+    method_fn, method_config, seed = fetched
+    dataloaders, model = load_model(table, key, method_config)
     model = selected_model(table.selector_table(), model, key)
     return _generate(table, method_fn, dataloaders, model, key, seed)
 
@@ -250,7 +274,7 @@ def _generate(
 ) -> Result:
     """The method table's ``generate_mei`` for ``key`` under the table's device override,
     checked."""
-    with device_override(table.device):
+    with run_options(table):
         entity = table.method_table().generate_mei(dataloaders, model, dict(key), int(seed))
     if not isinstance(entity, Mapping) or not {"mei", "score", "output"} <= set(entity):
         raise ComponentError(
@@ -330,8 +354,8 @@ def compute_set_key(
 
     ``fetched`` is what the table's ``make_fetch`` returned: method, config, seed, members.
     """
-    method_fn, _, seed, members = fetched
-    dataloaders, model = table.model_loader.load(key)
+    method_fn, method_config, seed, members = fetched
+    dataloaders, model = load_model(table, key, method_config)
     selector = table.neuron_set_table.selector_table()
     model = population_model(selector, model, key, members)
     result = _generate(table, method_fn, dataloaders, model, key, seed)
@@ -394,23 +418,23 @@ def _compute_batched(table: Any, keys: Sequence[Key], fetched: Fetched) -> list[
     )
     if batched is None:
         return None
-    dataloaders, model = table.model_loader.load(keys[0])
+    dataloaders, model = load_model(table, keys[0], method_config)
     selector = table.selector_table()
     plan = _batch_plan(model, [selected_model(selector, model, k) for k in keys])
     if plan is None:
         return None
     target_fn, forward_kwargs, units = plan
-    with device_override(table.device):
+    with run_options(table):
         config = run_config(method_config, keys[0])
-    results = batched(
-        dataloaders,
-        model,
-        config,
-        seed,
-        units,
-        target_fn=target_fn,
-        forward_kwargs=forward_kwargs,
-    )
+        results = batched(
+            dataloaders,
+            model,
+            config,
+            seed,
+            units,
+            target_fn=target_fn,
+            forward_kwargs=forward_kwargs,
+        )
     return [check_result(method_fn, r, k) for r, k in zip(results, keys, strict=True)]
 
 

@@ -475,6 +475,9 @@ class _ModelTableMixin(_Table):
     """Made as ``model_loader_class(trained_model_table, cache_size_limit=...)``."""
     device: str | None = None
     """Overrides the method configs' ``device`` when set (one worker per GPU: ``"cuda:1"``)."""
+    capture: bool = False
+    """Captures each run's steps as a CUDA graph where it can (:mod:`mei.capture`): the same
+    numbers, less host time per step on a GPU; no key or stored config changes."""
 
     def __init__(self, *args: Any, cache_size_limit: int | None = None, **kwargs: Any):
         """``Table(cache_size_limit=n)`` keeps at most ``n`` models in this table object's

@@ -188,6 +188,51 @@ def test_make_goes_through_generate_mei_with_the_device_override(lab, mei_main):
     assert run_path_lab.CALLS == [("batched", "cpu:0", run_path_lab.N_UNITS)]
 
 
+def test_a_table_with_capture_captures_its_runs_and_stores_the_same_rows(
+    lab, mei_main, monkeypatch
+):
+    """``MEI.capture = True`` (``mei worker --capture``) runs the captured step for every key,
+    one by one and batched, and stores bitwise the rows of the eager step."""
+    from mei import capture
+
+    steps = []
+    graph_call = capture.StepGraph.__call__
+
+    def counted(self):
+        steps.append(self)
+        return graph_call(self)
+
+    monkeypatch.setattr(capture.StepGraph, "__call__", counted)
+    config = {
+        **run_path_lab.CONFIG,
+        "precondition": {"path": "mei.preconditioning.GaussianBlur", "kwargs": {"sigma": 1.0}},
+        "postprocessing": {"path": "mei.postprocessing.ChangeNorm", "kwargs": {"norm": 2.0}},
+    }
+    _method(mei_main, config)
+    mei_main.MEISeed().insert1({"mei_seed": 1})
+
+    def rows():
+        return {k["neuron_id"]: lab.MEI().load_mei(k) for k in backend().keys(lab.MEI())}
+
+    lab.MEI().populate()
+    eager = rows()
+    assert steps == []
+    for batch_size in (None, 3):
+        lab.MEI().delete_quick()
+        table = lab.MEI()
+        table.capture = True
+        table.populate(**({} if batch_size is None else {"batch_size": batch_size}))
+        assert len(steps) == run_path_lab.N_UNITS * 4 if batch_size is None else len(steps) > 0
+        captured = rows()
+        assert captured.keys() == eager.keys()
+        for neuron, mei in eager.items():
+            if batch_size is None:
+                assert torch.equal(captured[neuron], mei)
+            else:  # batched: as the eager batched rows, which equal single ones to 1e-6
+                assert torch.allclose(captured[neuron], mei, atol=1e-6)
+        steps.clear()
+
+
 def test_a_labs_generate_mei_is_called_batched_or_not(lab, mei_main, schema):
     calls = []
 

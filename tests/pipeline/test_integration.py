@@ -85,6 +85,23 @@ def test_model_loader_caches_copies_and_evicts_least_recently_used():
     assert "cache_size_limit=2" in repr(loader)
 
 
+def test_model_loader_keeps_its_model_on_the_run_device():
+    """With a device, the cached model is moved there once and each key gets a copy made
+    there (a GPU worker copies the model from the host once, not per key). The meta device
+    stands in for a GPU here: a real device without one."""
+    loads = Loads()
+    loader = ModelLoader(loads, ["seed"], cache_size_limit=2)
+    _, first = loader.load({"seed": 1}, device="meta")
+    assert first.weight.device.type == "meta"
+    (_, cached) = loader.cache[next(iter(loader.cache))]
+    assert cached.weight.device.type == "meta"  # moved in the cache, once
+    _, second = loader.load({"seed": 1}, device="meta")
+    assert second is not first and second.weight.device.type == "meta"
+    assert loads.calls == [{"seed": 1}]
+    _, on_cpu = loader.load({"seed": 2})  # no device: as loaded
+    assert on_cpu.weight.device.type == "cpu"
+
+
 def test_model_loader_without_cache_and_bad_input():
     loads = Loads()
     loader = ModelLoader(loads, ["seed"], cache_size_limit=0)
