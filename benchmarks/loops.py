@@ -62,6 +62,41 @@ def minimal_loop(model: nn.Module, unit: int, steps: int, seed: int, device: str
     return x.detach().cpu()
 
 
+def minimal_captured_loop(
+    model: nn.Module, unit: int, steps: int, seed: int, device: str
+) -> Tensor:
+    """:func:`minimal_loop` with its step captured by hand as one CUDA graph (CUDA only): two
+    eager steps on a side stream, then the step captured and replayed for the rest."""
+    _frozen(model)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*SHAPE, generator=g).to(device).requires_grad_(True)
+    optimizer = torch.optim.SGD([x], lr=LR)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        (-model(x)[:, unit].sum()).backward()
+        x.grad = gaussian_blur(x.grad, SIGMA)
+        optimizer.step()
+        with torch.no_grad():
+            x.mul_(NORM / x.norm())
+
+    warm = min(2, steps)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warm):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    if steps > warm:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        for _ in range(steps - warm):
+            graph.replay()
+    _thawed(model)
+    return x.detach().cpu()
+
+
 def minimal_batched_loop(
     model: nn.Module, units: Sequence[int], steps: int, seeds: Sequence[int], device: str
 ) -> tuple[Tensor, Tensor]:

@@ -220,6 +220,85 @@ def measure(
     }
 
 
+def meis_per_hour(
+    *,
+    batch_sizes: tuple[int, ...] = (64, 256, 1024),
+    channels: int = 64,
+    steps: int = 100,
+    target_steps: int = 1000,
+    device: str = "cpu",
+    capture: bool = False,
+) -> list[dict[str, float]]:
+    """MEIs per hour through batched ``populate`` (a worker: ``reserve_jobs=True``), one
+    figure per batch size, for MEIs of ``target_steps`` steps, extrapolated from a timed
+    window of ``steps``: each batch size populates one batch of that many neurons
+    (``NumIterations(steps)``: steps + 1 steps), timed whole; the time inside the engine's
+    runs is scaled by ``(target_steps + 1) / (steps + 1)`` and the rest (database, store,
+    model, selector; it does not grow with the steps) is kept as measured. ``capture``: the
+    table's ``capture`` (:mod:`mei.capture`)."""
+    os.environ.setdefault("MEI_QUIET", "1")
+    store = tempfile.mkdtemp(prefix="mei-bench-store-")
+    dj.config["stores"] = {"minio": {"protocol": "file", "location": store}}
+    config = dict(CONFIG, device=device)
+    config["stopper"] = {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": steps}}
+
+    import mei.main
+    import mei.methods
+
+    suffix = uuid.uuid4().hex[:8]
+    mei.main.activate(f"mei_bench_core_{suffix}")
+    schema = dj.Schema(f"mei_bench_{suffix}")
+    run_batch = mei.methods.run_batch
+    inside = [0.0]
+
+    def timed_run_batch(*a, **k):
+        start = time.perf_counter()
+        try:
+            return run_batch(*a, **k)
+        finally:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            inside[0] += time.perf_counter() - start
+
+    figures = []
+    try:
+        MEI = declare(schema, max(batch_sizes), channels)
+        mei.main.MEIMethod().add_method("mei.methods.gradient_ascent", config)
+        mei.main.MEISeed().insert1({"mei_seed": 1})
+        mei.methods.run_batch = timed_run_batch
+        table = MEI()
+        table.capture = capture
+        table.populate("neuron_id < 2", batch_size=2)  # warm up: model, kernels, queries
+        MEI().delete_quick()
+        for size in batch_sizes:
+            inside[0] = 0.0
+            start = time.perf_counter()
+            table.populate(f"neuron_id < {size}", batch_size=size, reserve_jobs=True)
+            total = time.perf_counter() - start
+            assert len(MEI()) == size
+            MEI().delete_quick()
+            engine, outside = inside[0], total - inside[0]
+            at_target = outside + engine * (target_steps + 1) / (steps + 1)
+            figures.append(
+                {
+                    "batch_size": size,
+                    "window_steps": steps + 1,
+                    "target_steps": target_steps + 1,
+                    "window_s": total,
+                    "engine_s": engine,
+                    "outside_engine_s": outside,
+                    "meis_per_hour": 3600 * size / at_target,
+                    "share_outside_engine": outside / at_target,
+                }
+            )
+    finally:
+        mei.methods.run_batch = run_batch
+        schema.drop(prompt=False)
+        mei.main.schema.drop(prompt=False)
+        shutil.rmtree(store, ignore_errors=True)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--neurons", type=int, default=32)

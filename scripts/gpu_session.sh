@@ -30,7 +30,8 @@ cat "$out/gpu.txt"
 # the engine's CUDA tests: the cuda-parametrized component checks and the CUDA runs
 if "$python" -c 'import pytest' 2>/dev/null; then
     PYTHONPATH=. timeout 240 "$python" -m pytest -q -p no:cacheprovider -k cuda \
-        tests/engine/test_engine_cuda.py tests/engine/test_component_base.py \
+        tests/engine/test_engine_cuda.py tests/engine/test_engine_capture.py \
+        tests/engine/test_component_base.py \
         tests/engine/test_engine_components.py tests/engine/test_legacy_ops.py \
         >"$out/tests.txt" 2>&1
     echo "CUDA tests: exit $? ($(tail -n 1 "$out/tests.txt"))"

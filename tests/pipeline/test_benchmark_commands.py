@@ -49,16 +49,29 @@ def test_the_gpu_session_script_runs_every_figure_on_the_cpu(connection, tmp_pat
         *["jitter"] * 2,
         *["syncs"] * 4,
         "populate",
+        *["populate_hour"] * 4,
     ]
     assert all(line["device"] == "cpu" and line["steps"] == 5 for line in lines)
     single = lines[0]
     assert single["engine_ms_per_step"] > 0 and single["minimal_ms_per_step"] > 0
+    assert single["captured_ratio"] > 0  # the captured engine ran (eagerly, on the CPU)
+    assert all(line["captured_throughput_vs_minimal"] > 0 for line in lines[1:5])
     jitter = lines[5]
     assert jitter["plain_ms_per_step"] > 0 and jitter["jitter_ms_per_step"] > 0
     syncs = [line for line in lines if line["figure"] == "syncs"]
     assert [s["config"] for s in syncs] == ["benchmark", "jitter", "target_fn", "original_ops"]
     assert all("needs CUDA" in s["skipped"] for s in syncs)  # each config ran on the CPU
-    populate = lines[-1]
+    hours = [line for line in lines if line["figure"] == "populate_hour"]
+    assert [(h["capture"], h["batch_size"]) for h in hours] == [
+        (False, 4), (False, 8), (True, 4), (True, 8)
+    ]  # fmt: skip
+    for hour in hours:
+        assert hour["window_steps"] == 6 and hour["target_steps"] == 1001
+        assert 0 < hour["engine_s"] < hour["window_s"]
+        at_target = hour["outside_engine_s"] + hour["engine_s"] * 1001 / 6
+        assert hour["meis_per_hour"] == pytest.approx(3600 * hour["batch_size"] / at_target)
+        assert 0 < hour["share_outside_engine"] < 1
+    populate = lines[-5]
     assert "skipped" not in populate, populate
     assert populate["neurons"] == 4 and populate["database"].endswith("(DJ_HOST)")
     for mode in ("unbatched", "batched"):
