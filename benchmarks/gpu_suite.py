@@ -5,10 +5,13 @@
 Figures (model: ``models.ConvCoreReadout``, 4 conv layers of 64 channels on 1x36x64 inputs,
 1000 neurons; config: ``loops.config``, SGD + Gaussian-blur preconditioning + ChangeNorm):
 
-- ``single``: one MEI, ``gradient_ascent`` vs the hand-written loop (target ratio <= 1.15);
-- ``batch``: ``gradient_ascent_units`` with B = 64 and 1024 units vs the hand-written batched
-  loop (target: B = 64 throughput >= 0.9x the loop's) and vs 64 single engine runs (neurons
-  per second, batched over one by one), with the peak device memory per element;
+- ``single``: one MEI, ``gradient_ascent`` eager and captured (``"capture": true``) vs the
+  hand-written loop (target: captured ratio <= 1.10) and, on a GPU, vs the same loop captured
+  by hand as one CUDA graph (``loops.minimal_captured_loop``; stretch target 1.0);
+- ``batch``: ``gradient_ascent_units`` with B = 64 and 1024 units, eager and captured, vs the
+  hand-written batched loop (target: captured B = 64 throughput >= 1.0x the loop's) and vs 64
+  single engine runs (neurons per second, batched over one by one), with the peak device
+  memory per element;
 - ``overhead``: the same at B = 64 and 1024 with a near-free model (``models.LinearReadout``),
   as the engine's cost per neuron-step over the batched loop;
 - ``jitter`` at B = 64 and 1024: the conv model's batch with ``mei.transforms.Jitter(2)``
@@ -22,7 +25,11 @@ Figures (model: ``models.ConvCoreReadout``, 4 conv layers of 64 channels on 1x36
   with ``batch_size=64``) on DataJoint 2.x: MEIs per minute and the database and store
   overhead per key (``populate_throughput.measure``, 64 neurons of the conv model). Needs
   DataJoint and a server: the one ``DJ_HOST`` names, else an embedded PostgreSQL started in
-  a temporary directory (``mei[embedded]``); without them the line says why it was skipped.
+  a temporary directory (``mei[embedded]``); without them the line says why it was skipped;
+- ``populate_hour``: MEIs per hour through batched populate with a worker on this device, for
+  B = 64, 256 and 1024, eager and captured, for 1000-step MEIs, extrapolated from 100-step
+  windows (``populate_throughput.meis_per_hour``: the engine's time scaled by 1001 / 101,
+  the rest kept; with the share of the hour spent outside the engine). Same database.
 
 Runs alternate engine and baseline, each warmed up first; medians of ``--repeats``. The
 engine figures import only torch and mei's engine (no installation needed:

@@ -143,6 +143,7 @@ class StepGraph:
         self.failed: str | None = None
         self.graph: Any = None
         self._static: Outputs | None = None
+        self._side: Any = None
 
     @property
     def captured(self) -> bool:
@@ -181,11 +182,16 @@ class StepGraph:
         return self._static
 
     def _on_side_stream(self) -> Outputs:
-        stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        main = torch.cuda.current_stream(self.device)
+        self._side.wait_stream(main)
+        with torch.cuda.stream(self._side):
             outputs = self.body()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
+        main.wait_stream(self._side)
+        for value in outputs.values():  # used on the main stream from now on
+            if value is not None:
+                value.record_stream(main)
         return outputs
 
     def _capture(self) -> None:
