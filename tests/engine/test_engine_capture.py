@@ -136,6 +136,27 @@ def test_a_captured_single_mei_gives_the_eager_numbers(name, caplog):
     _assert_same([eager], [captured])
 
 
+def test_captured_diverse_meis_and_video_meis_give_the_eager_numbers(caplog):
+    from models import SeparableVideoNeurons, TwoStimulusNeuron
+
+    diverse = _config(
+        n_meis=3, regularization={"path": "mei.legacy.ops.Similarity", "kwargs": {"weight": 0.5}}
+    )
+    video = _config(
+        precondition={"path": "mei.preconditioning.TemporalBlur", "kwargs": {"sigma": 1.0}}
+    )
+    runs = [
+        (diverse, ConstrainedOutputModel(TwoStimulusNeuron(), 0, target_fn=torch.mean), (1, 1, 15, 15)),
+        (video, ConstrainedOutputModel(SeparableVideoNeurons(), 0), (1, 1, 8, 15, 15)),
+    ]  # fmt: skip
+    for config, model, shape in runs:
+        eager = gradient_ascent(None, model, config, 0, shape=shape)
+        with caplog.at_level(logging.WARNING, "mei.capture"):
+            captured = gradient_ascent(None, model, {**config, "capture": True}, 0, shape=shape)
+        assert _no_blockers(caplog), caplog.text
+        _assert_same([eager], [captured])
+
+
 THRESHOLD = 1.04  # the three elements pass it at steps 0, ~24 and never (40 steps)
 
 
