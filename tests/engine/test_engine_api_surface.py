@@ -45,6 +45,7 @@ PUBLIC = {
         "PostProcessedInputObjective",
     ],
     "mei.tracking": ["Tracker"],
+    "mei.capture": ["capturing", "requested", "StepGraph"],
     "mei.transforms": [
         "Jitter",
         "RandomCrop",
