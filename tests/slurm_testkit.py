@@ -103,12 +103,17 @@ class SlurmCluster:
 
     def _config(self, munge_socket: Path) -> str:
         f = self.folder
+        self.ports = [_free_port()]
+        while len(self.ports) < 2:
+            port = _free_port()
+            if port not in self.ports:
+                self.ports.append(port)
         return "\n".join(
             [
                 "ClusterName=meitest",
                 f"SlurmctldHost={self.node}(127.0.0.1)",
-                f"SlurmctldPort={_free_port()}",
-                f"SlurmdPort={_free_port()}",
+                f"SlurmctldPort={self.ports[0]}",
+                f"SlurmdPort={self.ports[1]}",
                 "AuthType=auth/munge",
                 "CredType=cred/munge",
                 f"AuthInfo=socket={munge_socket}",
