@@ -39,8 +39,9 @@ CONFIG = {
 SHAPE = (1, 1, 36, 64)
 
 
-def declare(schema, n_neurons, channels):
-    """The lab's tables: one model (a conv core of ``channels``), ``n_neurons`` neurons."""
+def declare(schema, n_neurons, channels, fill=True):
+    """The lab's tables: one model (a conv core of ``channels``), ``n_neurons`` neurons (with
+    ``fill``: inserted; without: the tables bound as they are, as a worker process does)."""
     from mei.main import MEITemplate, TrainedEnsembleModelTemplate
     from mei.modules import ConstrainedOutputModel
 
@@ -84,6 +85,8 @@ def declare(schema, n_neurons, channels):
         trained_model_table = TrainedEnsembleModel
         selector_table = Selector
 
+    if not fill:
+        return MEI
     Dataset.insert1({"dataset_id": 1})
     TrainedModel.insert1({"dataset_id": 1, "model_seed": 0})
     TrainedEnsembleModel().create_ensemble({"dataset_id": 1})

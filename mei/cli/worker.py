@@ -9,6 +9,12 @@ chosen as for ``mei status``: the configured one, else the embedded one if it is
 worker reserves keys through DataJoint's job table, so any number of workers on any number of
 machines can share one table; see :func:`mei.populate.run_worker` for the stopping rules (no
 pending keys, ``--max-keys``, ``--max-time``, SIGTERM).
+
+Exit status: 0 when every key it took was stored (whatever stopped it), :data:`KEYS_FAILED` (3)
+when keys failed (their errors are in the job table: ``mei status TABLE --errors``), 1 when it
+could not start or run (one line: the database, the store, the table, a device), 2 for bad
+arguments, and 143 when a second SIGTERM interrupted the batch in hand (its keys went back to the
+queue).
 """
 
 from __future__ import annotations
@@ -21,6 +27,18 @@ from typing import Any
 
 from ..dj.explain import why_nothing_to_compute
 from .common import DATABASE_HELP, check_device, check_store, err, table_database
+
+KEYS_FAILED = 3
+"""``mei worker``'s exit status when it ran but some keys failed."""
+
+EXIT_STATUS_HELP = (
+    "Exit status: 0 when every key the worker took was stored (whatever stopped it); "
+    f"{KEYS_FAILED} when keys failed (their errors are in the job table: `mei status TABLE "
+    "--errors`; clear them with --clear-errors to compute them again); 1 when it could not "
+    "start or run (the database, the store, the table or the device: one line says which); 2 "
+    "for bad arguments; 143 when a second SIGTERM interrupted the batch in hand (its keys went "
+    "back to the queue)."
+)
 
 
 def _restriction(text: str) -> Any:
@@ -187,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         _print_errors(errors, args.table)
         if note:
             err(f"mei worker: {note}")
-    return 0
+    return KEYS_FAILED if errors else 0
 
 
 def add_parser(commands: Any) -> Any:
@@ -201,9 +219,10 @@ def add_parser(commands: Any) -> Any:
             "DataJoint's job table, batch by batch, until no key is pending, --max-keys or "
             "--max-time is reached, or SIGTERM (which finishes the current batch; a second "
             "SIGTERM gives its keys back). Start one per GPU on as many machines as you like; "
-            "keys of dead workers are recovered first. The database is the configured one, "
+            "keys of dead workers are recovered first, and again when nothing is pending. The database is the configured one, "
             "else the embedded one if it is running (`mei db start`)."
         ),
+        epilog=EXIT_STATUS_HELP,
     )
     build_parser(worker)
     worker.set_defaults(handler=run)

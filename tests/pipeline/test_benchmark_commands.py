@@ -78,3 +78,32 @@ def test_the_gpu_session_script_runs_every_figure_on_the_cpu(connection, tmp_pat
         per_key = populate[f"{mode}_ms_per_key"]
         assert 0 <= populate[f"overhead_ms_per_key_{mode}"] < per_key
         assert populate[f"{mode}_meis_per_min"] == pytest.approx(60e3 / per_key)
+
+
+@pytest.mark.generation(2)
+def test_the_workers_benchmark_runs_quickly(connection):
+    """benchmarks/workers_scaling.py --quick: 1 and 2 worker processes on one table of 8 keys,
+    every key stored once in each round, and the queries per key counted."""
+    server = database_testkit.session_server()
+    assert server is not None  # the connection fixture skipped otherwise
+    env = {**os.environ, **server.env, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [sys.executable, "workers_scaling.py", "--quick", "--json"],
+        cwd=ROOT / "benchmarks",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [line["workers"] for line in lines] == [1, 2]
+    for line in lines:
+        assert line["figure"] == "workers" and " cores, " in line["machine"]
+        assert line["keys"] == 8 and line["errors"] == 0 and sum(line["keys_per_worker"]) == 8
+        assert line["keys_per_min"] == pytest.approx(60 * 8 / line["seconds"])
+        by_kind = line["queries_per_key_by_kind"]
+        assert line["queries_per_key"] == pytest.approx(sum(by_kind.values()))
+        assert by_kind["INSERT"] > 0 and by_kind["SELECT"] > 0  # the rows, the pending keys
+        assert 0 < line["query_ms_per_key"] < 1e3 * line["seconds"] * line["workers"] / 8
+    assert lines[0]["speedup"] == 1.0

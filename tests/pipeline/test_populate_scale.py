@@ -78,10 +78,13 @@ class Worker:
         return text in self.log.read_text()
 
     def finish(self) -> dict:
-        """Wait for the worker; return its summary (it must exit with 0)."""
+        """Wait for the worker; return its summary. It must exit with 0, or with 3 (and say
+        so in its summary) when keys failed."""
         out, _ = self.process.communicate(timeout=TIMEOUT)
-        assert self.process.returncode == 0, self.log.read_text()
-        return json.loads(out.strip().splitlines()[-1])
+        assert self.process.returncode in (0, 3), self.log.read_text()
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert self.process.returncode == (3 if summary["errors"] else 0), summary
+        return summary
 
 
 @pytest.fixture
@@ -238,3 +241,60 @@ def test_sigterm_finishes_the_current_batch_then_stops(make_lab, mei_main, start
     summary = worker.finish()
     assert summary["stopped_by"] == "SIGTERM" and summary["done"] == 2
     assert len(lab.MEI()) == 2 and len(labs.jobs(lab, "reserved")) == 0
+
+
+def dead_worker_is_gone(table, pid: int):
+    """A condition for :func:`wait_for`: the worker ``pid``'s reservations (which it must hold)
+    are those of a dead worker to :func:`recover` (its lock and its connection are gone)."""
+    be = backend()
+    connection = table.connection
+
+    def gone():
+        jobs = [job for job in be.jobs(table).reserved() if job["pid"] == pid]
+        assert jobs, f"worker {pid} holds no reservation"
+        live = be.live_connection_ids(connection)
+        return all(
+            job["connection_id"] not in live
+            and not be.worker_alive(connection, job["host"], job["pid"])
+            for job in jobs
+        )
+
+    return gone
+
+
+def test_a_worker_finishes_the_keys_of_one_killed_meanwhile(
+    make_lab, mei_main, start_worker, tmp_path
+):
+    """Workers recover dead workers' keys when they start and again when nothing is pending:
+    the workers that are left finish the keys of one that was killed after they started (a
+    cancelled scheduler task), with no recovery call and no new worker."""
+    gate = Gate(tmp_path / "gate")
+    lab = gated_lab(make_lab, mei_main, gate, n_units=6)
+    survivor = start_worker("--batch-size", "2")
+    victim = start_worker("--batch-size", "2")
+    wait_for(
+        lambda: gate.arrivals() == 2,
+        TIMEOUT,
+        "both workers to start a batch",
+        [
+            survivor.process,
+            victim.process,
+        ],
+    )
+    taken = [
+        job["key"] for job in labs.jobs(lab, "reserved") if int(job["pid"]) == victim.process.pid
+    ]
+    assert len(taken) == 2
+    victim.process.send_signal(signal.SIGKILL)
+    victim.process.communicate(timeout=TIMEOUT)
+    wait_for(
+        dead_worker_is_gone(lab.MEI(), victim.process.pid),
+        TIMEOUT,
+        "the server to see the victim gone",
+    )
+    gate.open()
+    summary = survivor.finish()
+    assert summary == {**summary, "done": 6, "errors": 0, "stopped_by": "no pending keys"}
+    assert as_set(taken) <= as_set(summary["keys"]) and len(as_set(summary["keys"])) == 6
+    assert survivor.logged("recovered the reservation of a dead worker")
+    assert len(lab.MEI()) == 6 and len(labs.jobs(lab, "reserved")) == 0

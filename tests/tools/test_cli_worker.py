@@ -159,7 +159,7 @@ def test_a_store_filling_up_fails_keys_and_says_so_in_one_line(lab):
         script_env["DJ_STORES"] = stores
         run_python(SETUP + METHOD_AND_SEED, env=script_env, cwd=cwd, timeout=300)
         worker = run_mei("worker", "lab_pipeline.MEI", env={**env, "DJ_STORES": stores}, cwd=cwd)
-    assert worker.returncode == 0, worker.stderr  # failed keys are recorded, not fatal
+    assert worker.returncode == 3, worker.stderr  # failed keys are recorded: status 3
     lines = worker.stdout.strip().splitlines()
     done, failed = map(int, re.match(r"mei worker: (\d+) done, (\d+) errors", lines[0]).groups())
     assert done + failed == 8 and failed >= 2
