@@ -1,0 +1,182 @@
+"""MkDocs hook: the pages that are generated from the code, so that they cannot drift.
+
+- ``reference/components.md``: every built-in component class of the engine's component
+  modules, with its signature (a table, from :mod:`inspect`) and its docstring and arguments
+  (mkdocstrings ``:::`` blocks, from the source).
+- ``reference/cli.md``: every ``mei`` command and option, the ``--help`` of each command of the
+  argument parser in :mod:`mei.cli`.
+
+Both are built in memory at every ``mkdocs build``/``serve``; nothing is written to ``docs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import os
+from contextlib import contextmanager
+from typing import Any
+
+from mkdocs.structure.files import File, Files
+
+# (module, what its components are for): the config's slots, in the order of a step
+COMPONENT_MODULES = [
+    ("mei.initial", "`initial`: where the optimization starts"),
+    ("mei.parameterization", "`parameterization`: what the optimizer changes"),
+    ("mei.transforms", "`transform`: what the model sees"),
+    ("mei.regularization", "`regularization`: subtracted from the model's response"),
+    ("mei.preconditioning", "`precondition`: applied to the gradient"),
+    ("mei.postprocessing", "`postprocessing`: applied to the input after each step"),
+    ("mei.stoppers", "`stopper`: when to stop"),
+    ("mei.objectives", "`objectives`: what is tracked"),
+    ("mei.modules", "`response` and the models' wrappers"),
+    ("mei.legacy.ops", "the original library's operations (`mei.legacy.ops.*` paths)"),
+]
+
+
+def component_classes(module_name: str) -> list[type]:
+    """The public classes defined in ``module_name`` (not imported into it), in source order."""
+    module = importlib.import_module(module_name)
+    classes = [
+        obj
+        for name, obj in vars(module).items()
+        if inspect.isclass(obj) and obj.__module__ == module_name and not name.startswith("_")
+    ]
+    return sorted(classes, key=lambda cls: inspect.getsourcelines(cls)[1])
+
+
+def _signature(cls: type) -> str:
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return "(...)"
+    return str(signature.replace(return_annotation=inspect.Signature.empty))
+
+
+def _summary(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    first = doc.split("\n\n")[0].replace("\n", " ").strip()
+    return first.replace("|", "\\|")
+
+
+def components_page() -> str:
+    lines = [
+        "# Components reference",
+        "",
+        "Every built-in component, generated from the code at each build of this site. A",
+        'config entry is `{"path": "module.Class", "kwargs": {...}}`: the class is called with',
+        "the kwargs (its arguments below). See [Components](../engine.md#components) for the",
+        "slots and how they are called, and [the engine](../engine.md) for the config.",
+        "",
+    ]
+    for module_name, purpose in COMPONENT_MODULES:
+        lines += [f"- [`{module_name}`](#{module_name.replace('.', '')}): {purpose}"]
+    lines.append("")
+    for module_name, purpose in COMPONENT_MODULES:
+        classes = component_classes(module_name)
+        lines += [
+            f"## `{module_name}` {{#{module_name.replace('.', '')}}}",
+            "",
+            purpose[0].upper() + purpose[1:] + ".",
+            "",
+            "| path | arguments | what it does |",
+            "| --- | --- | --- |",
+        ]
+        for cls in classes:
+            signature = _signature(cls).replace("|", "\\|")
+            lines.append(
+                f"| [`{module_name}.{cls.__name__}`](#{module_name}.{cls.__name__}) "
+                f"| `{signature}` | {_summary(cls)} |"
+            )
+        lines += [
+            "",
+            f"::: {module_name}",
+            "    options:",
+            "      show_root_heading: false",
+            "      show_root_toc_entry: false",
+            "      heading_level: 3",
+            "      members:",
+        ]
+        lines += [f"        - {cls.__name__}" for cls in classes]
+        lines.append("")
+    return "\n".join(lines)
+
+
+@contextmanager
+def _help_environment():
+    """Help texts as a reader's machine shows them: 100 columns, a neutral data directory."""
+    saved = {name: os.environ.get(name) for name in ("COLUMNS", "MEI_DATA_DIR")}
+    os.environ["COLUMNS"] = "100"
+    os.environ["MEI_DATA_DIR"] = "~/.local/share/mei"
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
+    found = []
+    for action in parser._actions:  # argparse has no public way to list sub-parsers
+        if isinstance(action, argparse._SubParsersAction):
+            found += list(action.choices.items())
+    return found
+
+
+def cli_page() -> str:
+    from mei.cli import build_parser
+
+    with _help_environment():
+        parser = build_parser()
+        lines = [
+            "# Command reference",
+            "",
+            "Every `mei` command and its options: the output of `--help`, generated from the",
+            "argument parser (`mei.cli.build_parser`) at each build of this site. The data",
+            "directory is shown as `~/.local/share/mei`; `mei db --help` says where it is on",
+            "your machine.",
+            "",
+            "Exit status: 0 on success, 1 when the command fails (one line saying why), 2 for",
+            "bad arguments.",
+            "",
+            "## `mei`",
+            "",
+            "```text",
+            parser.format_help().rstrip(),
+            "```",
+            "",
+        ]
+
+        def describe(prefix: str, sub: argparse.ArgumentParser, level: int) -> None:
+            lines.extend(
+                [
+                    f"{'#' * level} `{prefix}`",
+                    "",
+                    "```text",
+                    sub.format_help().rstrip(),
+                    "```",
+                    "",
+                ]
+            )
+            for name, nested in _subcommands(sub):
+                describe(f"{prefix} {name}", nested, level + 1)
+
+        for name, sub in _subcommands(parser):
+            describe(f"mei {name}", sub, 2)
+    return "\n".join(lines)
+
+
+GENERATED = {
+    "reference/components.md": components_page,
+    "reference/cli.md": cli_page,
+}
+
+
+def on_files(files: Files, config: Any) -> Files:
+    for path, make in GENERATED.items():
+        files.append(File.generated(config, path, content=make()))
+    return files
