@@ -1,12 +1,14 @@
-"""MkDocs hook: the pages that are generated from the code, so that they cannot drift.
+"""MkDocs hook: the parts of pages that are generated from the code, so that they cannot drift.
 
-- ``reference/components.md``: every built-in component class of the engine's component
-  modules, with its signature (a table, from :mod:`inspect`) and its docstring and arguments
-  (mkdocstrings ``:::`` blocks, from the source).
-- ``reference/cli.md``: every ``mei`` command and option, the ``--help`` of each command of the
-  argument parser in :mod:`mei.cli`.
+A page says where with a line ``<!-- generated: NAME -->``, which the hook replaces:
 
-Both are built in memory at every ``mkdocs build``/``serve``; nothing is written to ``docs/``.
+- ``components`` (``reference/components.md``): every built-in component class of the
+  engine's component modules, with its signature (a table, from :mod:`inspect`) and its
+  docstring and arguments (mkdocstrings ``:::`` blocks, from the source);
+- ``cli`` (``reference/cli.md``): every ``mei`` command and option, the ``--help`` of each
+  command of the argument parser in :mod:`mei.cli`.
+
+They are made at every ``mkdocs build``/``serve``; nothing generated is written to ``docs/``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ import argparse
 import importlib
 import inspect
 import os
+import re
 from contextlib import contextmanager
 from typing import Any
-
-from mkdocs.structure.files import File, Files
 
 # (module, what its components are for): the config's slots, in the order of a step
 COMPONENT_MODULES = [
@@ -61,15 +62,7 @@ def _summary(obj: Any) -> str:
 
 
 def components_page() -> str:
-    lines = [
-        "# Components reference",
-        "",
-        "Every built-in component, generated from the code at each build of this site. A",
-        'config entry is `{"path": "module.Class", "kwargs": {...}}`: the class is called with',
-        "the kwargs (its arguments below). See [Components](../engine.md#components) for the",
-        "slots and how they are called, and [the engine](../engine.md) for the config.",
-        "",
-    ]
+    lines = []
     for module_name, purpose in COMPONENT_MODULES:
         lines += [f"- [`{module_name}`](#{module_name.replace('.', '')}): {purpose}"]
     lines.append("")
@@ -133,16 +126,6 @@ def cli_page() -> str:
     with _help_environment():
         parser = build_parser()
         lines = [
-            "# Command reference",
-            "",
-            "Every `mei` command and its options: the output of `--help`, generated from the",
-            "argument parser (`mei.cli.build_parser`) at each build of this site. The data",
-            "directory is shown as `~/.local/share/mei`; `mei db --help` says where it is on",
-            "your machine.",
-            "",
-            "Exit status: 0 on success, 1 when the command fails (one line saying why), 2 for",
-            "bad arguments.",
-            "",
             "## `mei`",
             "",
             "```text",
@@ -171,12 +154,17 @@ def cli_page() -> str:
 
 
 GENERATED = {
-    "reference/components.md": components_page,
-    "reference/cli.md": cli_page,
+    "components": components_page,
+    "cli": cli_page,
 }
+MARKER = re.compile(r"^<!-- generated: ([a-z]+) -->$", re.MULTILINE)
 
 
-def on_files(files: Files, config: Any) -> Files:
-    for path, make in GENERATED.items():
-        files.append(File.generated(config, path, content=make()))
-    return files
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    def generate(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in GENERATED:
+            raise ValueError(f"{page.file.src_uri}: no generated part named {name!r}")
+        return GENERATED[name]()
+
+    return MARKER.sub(generate, markdown)
