@@ -47,18 +47,32 @@ def component_classes(module_name: str) -> list[type]:
     return sorted(classes, key=lambda cls: inspect.getsourcelines(cls)[1])
 
 
-def _signature(cls: type) -> str:
+def _arguments(cls: type) -> str:
+    """The arguments a config's kwargs fill, with their defaults (the types are in the entry)."""
     try:
-        signature = inspect.signature(cls)
+        parameters = inspect.signature(cls).parameters.values()
     except (TypeError, ValueError):
         return "(...)"
-    return str(signature.replace(return_annotation=inspect.Signature.empty))
+    shown = []
+    for parameter in parameters:
+        text = parameter.name
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            text = "*" + text
+        elif parameter.kind is parameter.VAR_KEYWORD:
+            text = "**" + text
+        elif parameter.default is not parameter.empty:
+            text += f"={parameter.default!r}"
+        shown.append(text)
+    return "(" + ", ".join(shown) + ")"
+
+
+ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj|const):`~?([^`]+)`")
 
 
 def _summary(obj: Any) -> str:
     doc = inspect.getdoc(obj) or ""
     first = doc.split("\n\n")[0].replace("\n", " ").strip()
-    return first.replace("|", "\\|")
+    return ROLE.sub(r"`\1`", first).replace("|", "\\|")
 
 
 def components_page() -> str:
@@ -77,10 +91,9 @@ def components_page() -> str:
             "| --- | --- | --- |",
         ]
         for cls in classes:
-            signature = _signature(cls).replace("|", "\\|")
             lines.append(
                 f"| [`{module_name}.{cls.__name__}`](#{module_name}.{cls.__name__}) "
-                f"| `{signature}` | {_summary(cls)} |"
+                f"| `{_arguments(cls)}` | {_summary(cls)} |"
             )
         lines += [
             "",
@@ -98,9 +111,9 @@ def components_page() -> str:
 
 @contextmanager
 def _help_environment():
-    """Help texts as a reader's machine shows them: 100 columns, a neutral data directory."""
+    """Help texts as a reader's machine shows them: 80 columns (the page's width), a neutral data directory."""
     saved = {name: os.environ.get(name) for name in ("COLUMNS", "MEI_DATA_DIR")}
-    os.environ["COLUMNS"] = "100"
+    os.environ["COLUMNS"] = "80"
     os.environ["MEI_DATA_DIR"] = "~/.local/share/mei"
     try:
         yield
@@ -168,3 +181,11 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
         return GENERATED[name]()
 
     return MARKER.sub(generate, markdown)
+
+
+# docstrings use Sphinx roles (:class:`~mei.x.Y`), which Markdown shows as text before the code
+HTML_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj|const):(<code>)~?")
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
+    return HTML_ROLE.sub(r"\1", html)
