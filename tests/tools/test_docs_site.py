@@ -118,6 +118,16 @@ def test_the_command_page_has_every_command_and_option(site):
         assert f"<code>{command}</code>" in html, command
 
 
+def test_the_performance_page_shows_the_measured_figures(site):
+    """benchmarks/README.md, included whole: its tables with machine, command and figures."""
+    html = (site / "performance/index.html").read_text()
+    benchmarks = (REPO / "benchmarks/README.md").read_text()
+    for heading in [line[3:] for line in benchmarks.splitlines() if line.startswith("## ")]:
+        title = heading.replace("`", "")
+        assert title.split(":")[0] in html.replace("<code>", "").replace("</code>", ""), heading
+    assert html.count("<table>") >= 5
+
+
 def chromium() -> str:
     for candidate in ("/usr/lib/chromium/chromium", shutil.which("chromium") or ""):
         if candidate and os.access(candidate, os.X_OK):
