@@ -1,9 +1,12 @@
-"""README.md runs as written: every code block says how it is tested, and is.
+"""README.md and the documentation site's pages run as written: every code block says how it
+is tested, and is.
 
-Each fenced block in README.md follows a marker line in the Markdown source:
+The documents are README.md and the pages of ``docs/`` in the order of ``mkdocs.yml``'s nav
+(the order in which a newcomer reads them). Each fenced block follows a marker line in the
+Markdown source:
 
 ``<!-- test: session -->``
-    run, in README order, as a new user on a fresh machine would: the ``bash`` blocks in one
+    run, in document order, as a new user on a fresh machine would: the ``bash`` blocks in one
     shell (so ``cd`` and ``eval "$(mei db env)"`` carry over) in a copy of the clone's
     ``examples/`` and ``pyproject.toml``, with no database configured (the embedded one) and a
     stand-in ``pip`` that checks the extras it is asked for exist; then the ``python`` blocks in
@@ -11,12 +14,17 @@ Each fenced block in README.md follows a marker line in the Markdown source:
 ``<!-- test: file PATH -->``
     the block is the file ``PATH`` of the repository, character for character; the examples are
     run by ``tests/examples`` and by the session.
+``<!-- test: copy PATH -->``
+    the block is a part of ``PATH``, whole lines, character for character: of one code block
+    of ``PATH`` (a page of the site, where that block is tested as its marker says) or of the
+    file ``PATH`` (an example). The README's short examples are such copies.
 ``<!-- test: json -->``
     valid JSON of a DataJoint store configuration.
 ``<!-- test: output -->``
     what mei prints, compared with what it does print.
 ``<!-- test: dj014 -->``
-    a DataJoint 0.14 block, run by ``tests/examples`` in that environment.
+    a DataJoint 0.14 block, run by ``tests/examples`` in that environment (from README.md; the
+    same block on a page must equal it).
 ``<!-- test: skip, REASON -->``
     not run, for the reason given (a GPU, a Docker engine, the test suite itself).
 """
@@ -42,12 +50,14 @@ from tools_testkit import (
 )
 
 README = REPO / "README.md"
+DOCS = REPO / "docs"
 MARKER = re.compile(r"<!-- test: (?P<kind>[a-z0-9]+)(?:[ ,]+(?P<argument>.*?))? -->")
-KINDS = {"session", "file", "json", "output", "dj014", "skip"}
+KINDS = {"session", "file", "copy", "json", "output", "dj014", "skip"}
 
 
 @dataclass(frozen=True)
 class Block:
+    document: str  # relative to the repository's root
     line: int  # of the opening fence
     language: str
     kind: str
@@ -55,12 +65,17 @@ class Block:
     code: str
 
     def __str__(self) -> str:
-        return f"README.md:{self.line} ({self.language}, {self.kind})"
+        return f"{self.label} ({self.language}, {self.kind})"
+
+    @property
+    def label(self) -> str:
+        return f"{self.document}:{self.line}"
 
 
-def readme_blocks(text: str | None = None) -> list[Block]:
-    """Every fenced code block of README.md, with its marker."""
-    lines = (README.read_text() if text is None else text).splitlines(keepends=True)
+def blocks_of(path: Path = README, text: str | None = None) -> list[Block]:
+    """Every fenced code block of the Markdown file ``path``, with its marker."""
+    lines = (path.read_text() if text is None else text).splitlines(keepends=True)
+    document = str(path.relative_to(REPO))
     blocks, i = [], 0
     while i < len(lines):
         if not lines[i].startswith("```"):
@@ -72,6 +87,7 @@ def readme_blocks(text: str | None = None) -> list[Block]:
             end += 1
         blocks.append(
             Block(
+                document=document,
                 line=i + 1,
                 language=lines[i][3:].strip(),
                 kind=marker["kind"] if marker else "",
@@ -83,26 +99,57 @@ def readme_blocks(text: str | None = None) -> list[Block]:
     return blocks
 
 
+def site_pages() -> list[Path]:
+    """The site's pages in the order of mkdocs.yml's nav (the pages it generates excluded)."""
+    import yaml
+
+    def walk(entries):
+        for entry in entries:
+            value = next(iter(entry.values())) if isinstance(entry, dict) else entry
+            if isinstance(value, list):
+                yield from walk(value)
+            else:
+                yield value
+
+    nav = yaml.safe_load((REPO / "mkdocs.yml").read_text())["nav"]
+    return [DOCS / page for page in walk(nav) if (DOCS / page).is_file()]
+
+
+def documents() -> list[Path]:
+    return [README, *site_pages()]
+
+
+def all_blocks() -> list[Block]:
+    return [block for path in documents() for block in blocks_of(path)]
+
+
 def of_kind(kind: str, language: str | None = None) -> list[Block]:
     return [
-        b
-        for b in readme_blocks()
-        if b.kind == kind and (language is None or b.language == language)
+        b for b in all_blocks() if b.kind == kind and (language is None or b.language == language)
     ]
 
 
+def test_every_page_is_read_in_order():
+    """Every Markdown page of docs/ is in the nav (so its blocks run, in a known order)."""
+    on_disk = set(DOCS.rglob("*.md"))
+    assert on_disk == set(site_pages()), f"not in mkdocs.yml's nav: {on_disk - set(site_pages())}"
+
+
 def test_every_block_says_how_it_is_tested():
-    blocks = readme_blocks()
-    assert len(blocks) >= 20
+    blocks = all_blocks()
+    assert len(blocks) >= 30
     for block in blocks:
         assert block.kind in KINDS, f"{block}: no `<!-- test: ... -->` line above the block"
-        if block.kind == "file":
+        if block.kind in ("file", "copy"):
             assert (REPO / block.argument).is_file(), f"{block}: no file {block.argument}"
         if block.kind == "skip":
             assert len(block.argument) > 5, f"{block}: say why it is not run"
     # the marker grammar itself: a block without one is found
     text = "intro\n\n```bash\nmei demo\n```\n\n<!-- test: skip, why not -->\n```bash\nx\n```\n"
-    assert [(b.kind, b.argument) for b in readme_blocks(text)] == [("", ""), ("skip", "why not")]
+    assert [(b.kind, b.argument) for b in blocks_of(README, text)] == [
+        ("", ""),
+        ("skip", "why not"),
+    ]
 
 
 def test_file_blocks_are_the_example_files():
@@ -115,8 +162,51 @@ def test_file_blocks_are_the_example_files():
     }
     for block in blocks:
         assert block.code == (REPO / block.argument).read_text(), (
-            f"{block} differs from {block.argument}: copy the file into README.md"
+            f"{block} differs from {block.argument}: run `python tests/tools/test_readme.py`"
         )
+
+
+def contains_lines(text: str, part: str) -> bool:
+    """``part`` (whole lines) occurs in ``text`` as it is, starting at a line."""
+    return part.endswith("\n") and ("\n" + text).find("\n" + part) >= 0
+
+
+def test_copy_blocks_are_copies():
+    blocks = of_kind("copy")
+    assert len([b for b in blocks if b.document == "README.md"]) >= 4
+    for block in blocks:
+        source = REPO / block.argument
+        if source.suffix == ".md":
+            found = [b for b in blocks_of(source) if contains_lines(b.code, block.code)]
+            assert found, f"{block} is in no code block of {block.argument}: copy it from there"
+            assert all(b.kind not in ("", "copy") for b in found), f"{block}: {found[0]}"
+        else:
+            assert contains_lines(source.read_text(), block.code), (
+                f"{block} is not a part of {block.argument}: copy it from there"
+            )
+    # and a block that differs by a character is not a copy
+    assert not contains_lines("a = 1\nb = 2\n", "b = 3\n")
+    assert contains_lines("a = 1\nb = 2\n", "b = 2\n")
+
+
+def test_the_readme_is_a_landing_page():
+    """Short, with its examples and links into the site; the rest lives on the site's pages."""
+    text = README.read_text()
+    assert len(text.splitlines()) <= 200
+    blocks = blocks_of(README)
+    assert {b.kind for b in blocks} <= {"copy", "skip", "dj014"}
+    links = re.findall(r"\]\((docs/[^)#]+)(?:#[^)]*)?\)", text)
+    assert len(set(links)) >= 10
+    for link in links:
+        assert (REPO / link).is_file(), f"README.md links to {link}, which does not exist"
+
+
+def test_the_datajoint_014_recipe_is_one_block():
+    """tests/examples runs the README's DataJoint 0.14 block; a page shows the same one."""
+    blocks = of_kind("dj014")
+    assert len([b for b in blocks if b.document == "README.md"]) == 1
+    assert len(blocks) >= 2
+    assert len({b.code for b in blocks}) == 1, [str(b) for b in blocks]
 
 
 def test_json_blocks_are_store_configurations():
@@ -170,8 +260,8 @@ sys.path.insert(0, os.getcwd())  # as in a notebook or `python -i`: the working 
 blocks = json.load(open(sys.argv[1]))
 namespace = {"__name__": "__main__"}
 for block in blocks:
-    print(f"### README.md:{block['line']}", flush=True)
-    exec(compile(block["code"], f"README.md:{block['line']}", "exec"), namespace)
+    print(f"### {block['label']}", flush=True)
+    exec(compile(block["code"], block["label"], "exec"), namespace)
 trace = namespace["output"]["mei.objectives.EvaluationObjective"]
 facts = {
     "mei_shape": list(namespace["mei"].shape),
@@ -183,8 +273,9 @@ print("FACTS " + json.dumps(facts))
 """
 
 
-def test_the_readme_runs_in_order_on_a_fresh_machine():
-    """The session: bash blocks in one shell, then python blocks in one interpreter."""
+def test_the_readme_and_the_site_run_in_order_on_a_fresh_machine():
+    """The session: bash blocks in one shell, then python blocks in one interpreter, in the
+    order of the documents (README.md, then the site's pages as its nav lists them)."""
     require_embedded()
     pytest.importorskip("matplotlib")
     bash_blocks = of_kind("session", "bash")
@@ -204,7 +295,7 @@ def test_the_readme_runs_in_order_on_a_fresh_machine():
         env["LAB_SCHEMA"] = "lab_mei"  # the README's default, in this session's own database
         script = ["set -euo pipefail"]
         for block in bash_blocks:
-            script += [f"echo '### README.md:{block.line}'", block.code]
+            script += [f"echo '### {block.label}'", block.code]
         script.append(f"{sys.executable} -c 'import json, os; print(json.dumps(dict(os.environ)))'")
         script.append("pwd")
         try:
@@ -223,7 +314,7 @@ def test_the_readme_runs_in_order_on_a_fresh_machine():
             check_bash_session(shell.stdout, shell.stderr, clone)
 
             (clone / "blocks.json").write_text(
-                json.dumps([{"line": b.line, "code": b.code} for b in python_blocks])
+                json.dumps([{"label": b.label, "code": b.code} for b in python_blocks])
             )
             (clone / "session.py").write_text(PYTHON_SESSION)
             python = subprocess.run(
@@ -280,7 +371,7 @@ def check_python_session(facts: dict, folder: Path) -> None:
 def test_the_readme_does_not_promise_a_test_command_it_does_not_have():
     """The one-line test command installs extras that exist, and pytest collects every test
     folder from the repository root."""
-    [command] = [b for b in of_kind("skip", "bash") if "pytest" in b.code]
+    [command] = [b for b in blocks_of(README) if b.kind == "skip" and "pytest" in b.code]
     assert command.code.strip() == 'pip install -e ".[test,demo]" && python -m pytest'
     import tomllib
 
@@ -291,21 +382,22 @@ def test_the_readme_does_not_promise_a_test_command_it_does_not_have():
 
 
 def update_file_blocks() -> int:
-    """Copy each ``file`` block's file into README.md; return how many blocks changed."""
-    lines = README.read_text().splitlines(keepends=True)
+    """Copy each ``file`` block's file into its document; return how many blocks changed."""
     changed = 0
-    for block in reversed(readme_blocks()):
-        if block.kind != "file":
-            continue
-        text = (REPO / block.argument).read_text()
-        if text != block.code:
-            start = block.line  # the line after the opening fence (0-based index)
-            end = start + len(block.code.splitlines())
-            lines[start:end] = text.splitlines(keepends=True)
-            changed += 1
-    README.write_text("".join(lines))
+    for path in documents():
+        lines = path.read_text().splitlines(keepends=True)
+        for block in reversed(blocks_of(path)):
+            if block.kind != "file":
+                continue
+            text = (REPO / block.argument).read_text()
+            if text != block.code:
+                start = block.line  # the line after the opening fence (0-based index)
+                end = start + len(block.code.splitlines())
+                lines[start:end] = text.splitlines(keepends=True)
+                changed += 1
+        path.write_text("".join(lines))
     return changed
 
 
-if __name__ == "__main__":  # python tests/tools/test_readme.py: README's file blocks from files
-    print(f"updated {update_file_blocks()} block(s) of {README}")
+if __name__ == "__main__":  # python tests/tools/test_readme.py: the file blocks from the files
+    print(f"updated {update_file_blocks()} block(s) of README.md and docs/")
