@@ -26,7 +26,7 @@ from pathlib import Path
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scancel", "scontrol", "sinfo")
 PACKAGES = "slurm-wlm munge"
-KILL_WAIT = 5  # seconds between a cancelled job's SIGTERM and its SIGKILL
+KILL_WAIT = 10  # seconds between a cancelled job's SIGTERM and its SIGKILL
 
 
 def _find(program: str) -> str | None:

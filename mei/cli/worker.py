@@ -219,8 +219,9 @@ def add_parser(commands: Any) -> Any:
             "DataJoint's job table, batch by batch, until no key is pending, --max-keys or "
             "--max-time is reached, or SIGTERM (which finishes the current batch; a second "
             "SIGTERM gives its keys back). Start one per GPU on as many machines as you like; "
-            "keys of dead workers are recovered first, and again when nothing is pending. The database is the configured one, "
-            "else the embedded one if it is running (`mei db start`)."
+            "keys of dead workers are recovered first, and again when nothing is pending. The "
+            "database is the configured one, else the embedded one if it is running (`mei db "
+            "start`). Recipes for SLURM and Kubernetes: deploy/ in mei's repository."
         ),
         epilog=EXIT_STATUS_HELP,
     )

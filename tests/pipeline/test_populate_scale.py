@@ -298,3 +298,25 @@ def test_a_worker_finishes_the_keys_of_one_killed_meanwhile(
     assert as_set(taken) <= as_set(summary["keys"]) and len(as_set(summary["keys"])) == 6
     assert survivor.logged("recovered the reservation of a dead worker")
     assert len(lab.MEI()) == 6 and len(labs.jobs(lab, "reserved")) == 0
+
+
+def test_a_sigterm_while_the_worker_starts_stops_it_before_it_reserves(
+    make_lab, mei_main, monkeypatch
+):
+    """A scheduler may signal a worker that is still starting (checking devices, recovering):
+    it stops without reserving a key, rather than being killed or taking a batch."""
+    import mei.dj.worker as worker_module
+
+    lab = scale_lab(make_lab, mei_main, n_units=4, broken=False)
+    check_devices = worker_module.check_devices
+
+    def signalled_while_checking(*args):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered to the worker's handler, here
+        return check_devices(*args)
+
+    monkeypatch.setattr(worker_module, "check_devices", signalled_while_checking)
+    before = signal.getsignal(signal.SIGTERM)
+    summary = run_worker(lab.MEI(), batch_size=2, display_progress=False)
+    assert summary["stopped_by"] == "SIGTERM" and summary["success_count"] == 0
+    assert len(lab.MEI()) == 0 and labs.jobs(lab, "reserved") == []
+    assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
