@@ -142,7 +142,16 @@ class ComponentSpec(Generic[T]):
         try:
             return self.factory(*args, **extra, **copy.deepcopy(self.kwargs))
         except Exception as e:
-            raise ConfigError(f"{type(e).__name__}: {e}", key=self.key, path=self.path) from e
+            raise ConfigError(
+                f"{type(e).__name__}: {e} ({self.given()})", key=self.key, path=self.path
+            ) from e
+
+    def given(self) -> str:
+        """The config's kwargs of this entry as a call shows them: ``kwargs given: lr=-1.0``."""
+        if not self.kwargs:
+            return "no kwargs given"
+        shown = ", ".join(f"{name}={shorten(value, 60)}" for name, value in self.kwargs.items())
+        return f"kwargs given: {shown}"
 
 
 @dataclass(frozen=True)
