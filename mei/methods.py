@@ -21,12 +21,14 @@ from ._components import check_shape
 from ._counter_rng import CounterStreams
 from .capture import requested as capture_requested
 from .config import ComponentSpec, MethodConfig, check_seed, resolve_config, validate_config
-from .errors import ComponentError, ConfigError, InputError, list_names, shorten
+from .errors import ComponentError, ConfigError, InputError, ModelError, list_names, shorten
 from .modules import (
+    CEIObjective,
     ConstrainedOutputModel,
     FirstCallCheck,
     NotAWrapperError,
     UnitPerElement,
+    VEIObjective,
     wrap_inner,
 )
 from .optimization import MEI, optimize
@@ -479,6 +481,9 @@ def run_batch(
         _check_custom_class(method, seeds)
     device = method.device
     model = with_response(model, method)
+    objective = fork_objective(model, method)
+    if objective is not None:
+        model = objective
     seeds = [check_seed(s, f"seeds[{b}]") for b, s in enumerate(seeds)]
     if method.mei_shape is not None:
         shape = _normalize_shape(method.mei_shape)
@@ -554,6 +559,7 @@ def run_batch(
                 lab_mei, stoppers[0], trackers[0], progress=bar, score=method.score
             )
             found = result if isinstance(result, Tensor) else torch.as_tensor(result)
+            _log_moments(objective, trackers, lab_mei.i_iteration - 1)
             return [(found.detach().cpu().clone(), float(score), trackers[0].log)]
         mei = MEI(
             FirstCallCheck(model),
@@ -572,12 +578,54 @@ def run_batch(
             capture=method.capture or capture_requested(),
         )
         scores, inputs = optimize(mei, stoppers, trackers, progress=bar, score=method.score)
+        _log_moments(objective, trackers, mei.i_iter - 1)
     inputs = inputs.cpu()
     rows = method.n_meis
     return [
         (inputs[b * rows : (b + 1) * rows].clone(), scores[b], trackers[b].log)
         for b in range(len(seeds))
     ]
+
+
+def fork_objective(model: Model, method: MethodConfig) -> CEIObjective | None:
+    """What a ``"mei_class_name": "CEI"`` or ``"VEI"`` config ascends (the sinzlab/mei fork's
+    classes, see :class:`~mei.modules.CEIObjective`): ``None`` for ``"MEI"``. Raises
+    :class:`~mei.errors.ConfigError` (key ``mei_class_name``) naming what the model lacks."""
+    name = method.mei_class_name
+    if name == "MEI":
+        return None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"a {name} needs a torch.nn.Module with predict_mean, got a {type(model).__name__}",
+            key="mei_class_name",
+        )
+    assert method.ref_level is not None  # resolve_config checks it
+    try:
+        if name == "CEI":
+            return CEIObjective(model, method.ref_level)
+        assert method.scale is not None and method.dx is not None  # resolve_config checks it
+        assert method.variance_optimization is not None
+        return VEIObjective(
+            model,
+            method.ref_level,
+            method.scale,
+            method.dx,
+            method.variance_optimization,
+            method.potential_well_function,
+        )
+    except ModelError as e:
+        raise ConfigError(str(e), key="mei_class_name") from None
+
+
+def _log_moments(objective: CEIObjective | None, trackers: Sequence[Tracker], step: int) -> None:
+    """A CEI's or VEI's run logs the predicted mean and variance of its last evaluation, as
+    the fork stored them with each row (``output["mean"]``, ``output["variance"]``)."""
+    if objective is None:
+        return
+    for name, values in objective.last.items():
+        flat = values.detach().reshape(len(trackers), -1)[:, 0].cpu().tolist()
+        for tracker, value in zip(trackers, flat, strict=True):
+            tracker.log[name] = {"times": [step], "values": [value]}
 
 
 def _check_custom_class(method: MethodConfig, seeds: Sequence[int]) -> None:
