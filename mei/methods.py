@@ -100,11 +100,12 @@ def _no_inputs(where: str, why: str, batch: Any) -> NoReturn:
         found = f"a {type(batch).__name__} of " + ", ".join(_kind(v) for v in batch)
     else:
         found = _kind(batch)
+    if len(found) > 300:
+        found = found[:300] + "..."
     raise InputError(
         f"cannot find the input tensor in the first batch of {where}: {why}; the batch is "
-        f"{found if len(found) <= 300 else found[:300] + '...'}. The input shape is read from the inputs of a batch (a tensor, "
-        "the first element of a tuple, or the 'inputs'/'images' field of a dict); or pass "
-        "shape=",
+        f"{found}. The input shape is read from the inputs of a batch (a tensor, the first "
+        "element of a tuple, or the 'inputs'/'images' field of a dict); or pass shape=",
         argument="dataloaders",
     )
 

@@ -210,6 +210,8 @@ class MEI:
     @regularization.setter
     def regularization(self, value: Regularization | None) -> None:
         self._regularization = None if value is default_regularization else value
+        if "group" in vars(self):  # set after __init__: the new one acts on the groups too
+            use_group(self._regularization, self.group)
 
     @property
     def precondition(self) -> Precondition:
