@@ -652,7 +652,9 @@ def resolve_config(
             key=fork_only[0],
         )
     if unknown:
-        raise ConfigError(f"unknown key(s) {list_names(unknown)}; allowed: {sorted(ALLOWED_KEYS)}")
+        # the fork's CEI/VEI parameters go with mei_class_name (its message names them)
+        shown = sorted(k for k in ALLOWED_KEYS if k not in FORK_KEYS[1:])
+        raise ConfigError(f"unknown key(s) {list_names(unknown)}; allowed: {shown}")
     missing = [k for k in REQUIRED_KEYS if config.get(k) is None]
     if missing:
         raise ConfigError(f"missing required key(s) {missing}")
