@@ -71,6 +71,26 @@ OPTIONAL_KEYS = (
     "objectives",
     "background",
 )
+#: The settings of the sinzlab/mei fork used in sinzlab/nnsysident (kklurz/mei):
+#: ``mei_class_name`` ("MEI", "CEI", "VEI") and the CEI's and VEI's parameters.
+FORK_KEYS = (
+    "mei_class_name",
+    "ref_level",
+    "scale",
+    "dx",
+    "variance_optimization",
+    "potential_well_function",
+)
+#: ``mei_class_name``: the fork's classes of MEI (see :class:`mei.modules.CEIObjective`).
+MEI_CLASS_NAMES = ("MEI", "CEI", "VEI")
+#: The fork's other settings, which this library does not implement.
+FORK_ONLY_KEYS = (
+    "orthogonal_vei",
+    "pixel_tanh_scale",
+    "validation_ensemble",
+    "test_ensemble",
+    "use_wandb_every_n_epochs",
+)
 #: Keys that are settings, not components: the original library's, then this library's.
 SETTING_KEYS = (
     "n_meis",
@@ -82,6 +102,7 @@ SETTING_KEYS = (
     "score",
     "rng",
     "capture",
+    *FORK_KEYS,
 )
 COMPONENT_KEYS = tuple(k for k in REQUIRED_KEYS + OPTIONAL_KEYS if k not in ("device",))
 ALLOWED_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS + SETTING_KEYS
@@ -142,7 +163,16 @@ class ComponentSpec(Generic[T]):
         try:
             return self.factory(*args, **extra, **copy.deepcopy(self.kwargs))
         except Exception as e:
-            raise ConfigError(f"{type(e).__name__}: {e}", key=self.key, path=self.path) from e
+            raise ConfigError(
+                f"{type(e).__name__}: {e} ({self.given()})", key=self.key, path=self.path
+            ) from e
+
+    def given(self) -> str:
+        """The config's kwargs of this entry as a call shows them: ``kwargs given: lr=-1.0``."""
+        if not self.kwargs:
+            return "no kwargs given"
+        shown = ", ".join(f"{name}={shorten(value, 60)}" for name, value in self.kwargs.items())
+        return f"kwargs given: {shown}"
 
 
 @dataclass(frozen=True)
@@ -171,6 +201,12 @@ class MethodConfig:
     score: str = "last_step"
     rng: str = "original"
     capture: bool = False
+    mei_class_name: str = "MEI"
+    ref_level: float | None = None
+    scale: float | None = None
+    dx: float | None = None
+    variance_optimization: str | None = None
+    potential_well_function: str = "exp"
 
     @property
     def batchable(self) -> bool:
@@ -194,6 +230,11 @@ class MethodConfig:
             reasons.append(f"n_meis={self.n_meis}: several images share one evaluation")
         if self.transparency:
             reasons.append("transparency composes each MEI over its own background")
+        if self.mei_class_name != "MEI":
+            reasons.append(
+                f"mei_class_name={self.mei_class_name!r}: each unit's objective is relative to "
+                "its own MEI (model.mei_mean)"
+            )
         for spec in (
             self.response,
             self.parameterization,
@@ -603,8 +644,17 @@ def resolve_config(
     if not isinstance(config, Mapping):
         raise ConfigError(f"a method config must be a dict, got {type(config).__name__}")
     unknown = sorted(set(config) - set(ALLOWED_KEYS), key=str)
+    fork_only = [k for k in unknown if k in FORK_ONLY_KEYS]
+    if fork_only:
+        raise ConfigError(
+            f"key(s) {list_names(fork_only)} of the sinzlab/mei fork (kklurz/mei) are not "
+            f"implemented here; its {list_names(FORK_KEYS)} are",
+            key=fork_only[0],
+        )
     if unknown:
-        raise ConfigError(f"unknown key(s) {list_names(unknown)}; allowed: {sorted(ALLOWED_KEYS)}")
+        # the fork's CEI/VEI parameters go with mei_class_name (its message names them)
+        shown = sorted(k for k in ALLOWED_KEYS if k not in FORK_KEYS[1:])
+        raise ConfigError(f"unknown key(s) {list_names(unknown)}; allowed: {shown}")
     missing = [k for k in REQUIRED_KEYS if config.get(k) is None]
     if missing:
         raise ConfigError(f"missing required key(s) {missing}")
@@ -704,6 +754,7 @@ def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
                 f"must be a finite number, got {shorten(weight)}", key="transparency_weight"
             )
         settings["transparency_weight"] = float(weight)
+    settings.update(_fork_settings(config))
     for name, allowed in (("score", SCORES), ("rng", RNGS)):
         value = config.get(name)
         if value is None:
@@ -713,6 +764,56 @@ def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
                 f"must be one of {list_names(allowed)}, got {shorten(value)}", key=name
             )
         settings[name] = value
+    return settings
+
+
+def _fork_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The fork's ``mei_class_name`` and the parameters its CEI and VEI need, checked."""
+    settings: dict[str, Any] = {}
+    name = config.get("mei_class_name")
+    if name is None:
+        name = "MEI"
+    if name not in MEI_CLASS_NAMES:
+        raise ConfigError(
+            f"must be one of {list_names(MEI_CLASS_NAMES)} (the sinzlab/mei fork's classes), "
+            f"got {shorten(name)}",
+            key="mei_class_name",
+        )
+    settings["mei_class_name"] = name
+    needed = {
+        "MEI": (),
+        "CEI": ("ref_level",),
+        "VEI": ("ref_level", "scale", "dx", "variance_optimization"),
+    }[name]
+    for key in ("ref_level", "scale", "dx"):
+        value = config.get(key)
+        if value is None:
+            if key in needed:
+                raise ConfigError(f"a {name} needs {key!r} (a number)", key=key)
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(float(value))
+        ):
+            raise ConfigError(f"must be a finite number, got {shorten(value)}", key=key)
+        if key in ("scale", "dx") and float(value) <= 0:
+            raise ConfigError(f"must be positive, got {value!r}", key=key)
+        settings[key] = float(value)
+    for key, allowed in (
+        ("variance_optimization", ("max", "min")),
+        ("potential_well_function", ("exp", "linear")),
+    ):
+        value = config.get(key)
+        if value is None:
+            if key in needed:
+                raise ConfigError(f"a {name} needs {key!r}, one of {list_names(allowed)}", key=key)
+            continue
+        if value not in allowed:
+            raise ConfigError(
+                f"must be one of {list_names(allowed)}, got {shorten(value)}", key=key
+            )
+        settings[key] = value
     return settings
 
 

@@ -181,7 +181,11 @@ class State:
         elif name in State.__slots__:
             object.__setattr__(self, name, value)
         else:
-            raise AttributeError(f"State has no attribute {name!r}")
+            # a subclass (a lab's State with more attributes) has a __dict__ for them
+            try:
+                object.__setattr__(self, name, value)
+            except AttributeError:
+                raise AttributeError(f"State has no attribute {name!r}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """All attributes, materialized."""

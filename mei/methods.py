@@ -10,8 +10,9 @@ import contextlib
 import functools
 import inspect
 import logging
+import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -20,12 +21,14 @@ from ._components import check_shape
 from ._counter_rng import CounterStreams
 from .capture import requested as capture_requested
 from .config import ComponentSpec, MethodConfig, check_seed, resolve_config, validate_config
-from .errors import ComponentError, ConfigError, InputError
+from .errors import ComponentError, ConfigError, InputError, ModelError, list_names, shorten
 from .modules import (
+    CEIObjective,
     ConstrainedOutputModel,
     FirstCallCheck,
     NotAWrapperError,
     UnitPerElement,
+    VEIObjective,
     wrap_inner,
 )
 from .optimization import MEI, optimize
@@ -52,14 +55,57 @@ def _io_dims(loader: Any, where: str) -> dict[str, tuple[int, ...]] | tuple[tupl
         )
     if hasattr(batch, "_asdict"):
         batch = batch._asdict()
-    if isinstance(batch, Mapping):
-        return {k: tuple(v.shape) for k, v in batch.items()}
     if isinstance(batch, Tensor):
         return (tuple(batch.shape),)
+    if isinstance(batch, Mapping):
+        dims = {k: shape for k, v in batch.items() if (shape := _shape(v)) is not None}
+        named = [k for k in ("inputs", "images") if k in batch]
+        if named and named[0] not in dims:
+            _no_inputs(where, f"its field {named[0]!r} is {_kind(batch[named[0]])}", batch)
+        if not dims:
+            _no_inputs(where, "none of its fields has a shape", batch)
+        return dims
     if isinstance(batch, (tuple, list)):
-        return tuple(tuple(v.shape) for v in batch)
+        if not batch or _shape(batch[0]) is None:
+            first = f"its first element is {_kind(batch[0])}" if batch else "it is empty"
+            _no_inputs(where, first, batch)
+        # fields without a shape (ids, names) are left out: the inputs come first
+        return tuple(shape for v in batch if (shape := _shape(v)) is not None)
+    _no_inputs(where, "it is not a tensor, a tuple or a dict of tensors", batch)
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    shape = getattr(value, "shape", None)
+    if shape is None or isinstance(value, (str, bytes)):
+        return None
+    try:
+        return tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        return None
+
+
+def _kind(value: Any) -> str:
+    """What a batch field is, for a message: ``a str ('cat')``, ``a dict with keys [...]``."""
+    if isinstance(value, Mapping):
+        return f"a {type(value).__name__} with keys {list_names(value)}"
+    if isinstance(value, (str, bytes, numbers.Number)) or value is None:
+        return f"a {type(value).__name__} ({shorten(value, 40)})"
+    return f"a {type(value).__name__}"
+
+
+def _no_inputs(where: str, why: str, batch: Any) -> NoReturn:
+    if isinstance(batch, Mapping):
+        found = "a dict with " + ", ".join(f"{k!r}: {_kind(v)}" for k, v in batch.items())
+    elif isinstance(batch, (tuple, list)):
+        found = f"a {type(batch).__name__} of " + ", ".join(_kind(v) for v in batch)
+    else:
+        found = _kind(batch)
+    if len(found) > 300:
+        found = found[:300] + "..."
     raise InputError(
-        f"cannot find the inputs in a batch of type {type(batch).__name__} from {where}",
+        f"cannot find the input tensor in the first batch of {where}: {why}; the batch is "
+        f"{found}. The input shape is read from the inputs of a batch (a tensor, the first "
+        "element of a tuple, or the 'inputs'/'images' field of a dict); or pass shape=",
         argument="dataloaders",
     )
 
@@ -415,6 +461,7 @@ def run_batch(
     progress: bool | None = None,
     description: str = "MEI",
     read_shape: Callable[[], tuple[int, ...]] | None = None,
+    mei_class: type[Any] | None = None,
 ) -> list[Result]:
     """Optimize ``len(seeds)`` MEIs together; ``model`` maps the batch to one response per
     element, element ``b`` responding as its own MEI's unit. Element ``b`` starts from
@@ -423,9 +470,21 @@ def run_batch(
     element's seeded stream even when the shape is known, as the original library did.
     With a ``response`` entry, ``model`` is a unit-selecting wrapper and the run uses a copy of
     it with the response inside (:func:`with_response`).
+
+    ``mei_class`` (one seed): the class of the MEI, made as the original library made it,
+    ``mei_class(model, initial=x, optimizer=..., transparency=..., inhibitory=...,
+    transparency_weight=..., **components)`` with the config's optional components, and run
+    by :func:`~mei.optimization.optimize` (a lab's subclass of
+    :class:`~mei.optimization.MEI` that overrides its ``step()`` is stepped through it).
     """
+    custom = mei_class is not None and mei_class is not MEI
+    if custom:
+        _check_custom_class(method, seeds)
     device = method.device
     model = with_response(model, method)
+    objective = fork_objective(model, method)
+    if objective is not None:
+        model = objective
     seeds = [check_seed(s, f"seeds[{b}]") for b, s in enumerate(seeds)]
     if method.mei_shape is not None:
         shape = _normalize_shape(method.mei_shape)
@@ -482,6 +541,27 @@ def run_batch(
             if spec is not None
         }
         _check_shapes(parts, tuple(start.shape))
+        if custom:
+            assert mei_class is not None  # custom
+            optional = {key: component for key, (component, _) in parts.items()}
+            background = _build_for(method.background, generators, streams)
+            if background is not None:
+                optional["background"] = background
+            lab_mei = mei_class(
+                model,
+                initial=x,
+                optimizer=optimizer,
+                transparency=method.transparency,
+                inhibitory=method.inhibitory,
+                transparency_weight=method.transparency_weight,
+                **optional,
+            )
+            score, result = optimize(
+                lab_mei, stoppers[0], trackers[0], progress=bar, score=method.score
+            )
+            found = result if isinstance(result, Tensor) else torch.as_tensor(result)
+            _log_moments(objective, trackers, lab_mei.i_iteration - 1)
+            return [(found.detach().cpu().clone(), float(score), trackers[0].log)]
         mei = MEI(
             FirstCallCheck(model),
             x,
@@ -499,12 +579,71 @@ def run_batch(
             capture=method.capture or capture_requested(),
         )
         scores, inputs = optimize(mei, stoppers, trackers, progress=bar, score=method.score)
+        _log_moments(objective, trackers, mei.i_iter - 1)
     inputs = inputs.cpu()
     rows = method.n_meis
     return [
         (inputs[b * rows : (b + 1) * rows].clone(), scores[b], trackers[b].log)
         for b in range(len(seeds))
     ]
+
+
+def fork_objective(model: Model, method: MethodConfig) -> CEIObjective | None:
+    """What a ``"mei_class_name": "CEI"`` or ``"VEI"`` config ascends (the sinzlab/mei fork's
+    classes, see :class:`~mei.modules.CEIObjective`): ``None`` for ``"MEI"``. Raises
+    :class:`~mei.errors.ConfigError` (key ``mei_class_name``) naming what the model lacks."""
+    name = method.mei_class_name
+    if name == "MEI":
+        return None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"a {name} needs a torch.nn.Module with predict_mean, got a {type(model).__name__}",
+            key="mei_class_name",
+        )
+    assert method.ref_level is not None  # resolve_config checks it
+    try:
+        if name == "CEI":
+            return CEIObjective(model, method.ref_level)
+        assert method.scale is not None and method.dx is not None  # resolve_config checks it
+        assert method.variance_optimization is not None
+        return VEIObjective(
+            model,
+            method.ref_level,
+            method.scale,
+            method.dx,
+            method.variance_optimization,
+            method.potential_well_function,
+        )
+    except ModelError as e:
+        raise ConfigError(str(e), key="mei_class_name") from None
+
+
+def _log_moments(objective: CEIObjective | None, trackers: Sequence[Tracker], step: int) -> None:
+    """A CEI's or VEI's run logs the predicted mean and variance of its last evaluation, as
+    the fork stored them with each row (``output["mean"]``, ``output["variance"]``)."""
+    if objective is None:
+        return
+    for name, values in objective.last.items():
+        flat = values.detach().reshape(len(trackers), -1)[:, 0].cpu().tolist()
+        for tracker, value in zip(trackers, flat, strict=True):
+            tracker.log[name] = {"times": [step], "values": [value]}
+
+
+def _check_custom_class(method: MethodConfig, seeds: Sequence[int]) -> None:
+    """A run with a lab's MEI class is one MEI made as the original library made it."""
+    if len(seeds) != 1:
+        raise InputError(
+            f"mei_class runs one MEI at a time (as the original library did), got {len(seeds)} "
+            "seeds",
+            argument="mei_class",
+        )
+    if method.parameterization is not None:
+        raise ConfigError(
+            "a parameterization is this library's and is not passed to a mei_class (the "
+            "original library's MEI optimizes pixels): remove it or the mei_class",
+            key="parameterization",
+            path=method.parameterization.path,
+        )
 
 
 def _later_protocol(dataloaders: Any, model: Any, config: Any) -> bool:
@@ -521,6 +660,7 @@ def gradient_ascent(
     *args: Any,
     shape: Sequence[int] | None = None,
     progress: bool | None = None,
+    mei_class: type[Any] | None = None,
 ) -> Result:
     """Find the MEI of ``model`` (inputs ``(B, ...)`` -> one response per input).
 
@@ -535,6 +675,10 @@ def gradient_ascent(
     evaluation of the last step, as the original library returned it; ``"score": "final"``
     in the config: the model's evaluation of the returned MEI) and the tracker's log
     ``{objective path: {"times": [...], "values": [...]}}``.
+
+    ``mei_class``: a class to make the MEI with instead of :class:`~mei.optimization.MEI`,
+    called as the original library called it (see :func:`run_batch`): a lab's subclass that
+    overrides ``step()``, ``evaluate()`` & co. runs as it did there.
     """
     if _later_protocol(dataloaders, model, config):
         # gradient_ascent(model, config, seed, shape=None, dataloaders=None)
@@ -565,6 +709,7 @@ def gradient_ascent(
             [seed],
             progress=progress,
             read_shape=read,
+            mei_class=mei_class,
         )
     return result
 

@@ -104,6 +104,18 @@ class ConstrainedOutputModel(nn.Module):
         """Whether a ``target_fn`` was given (the selection is not returned as it is)."""
         return self.target_fn is not _identity
 
+    def predict_mean(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """The selected units of the model's ``predict_mean`` (a model that predicts a
+        response distribution), through ``target_fn``: what a CEI or VEI ascends
+        (``"mei_class_name"``, see :class:`CEIObjective`)."""
+        mean = _prediction(self.model, "predict_mean")(x, *args, **self.forward_kwargs, **kwargs)
+        return self.target_fn(_select(mean, self.constraint))
+
+    def predict_variance(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """The selected units of the model's ``predict_variance`` (no ``target_fn``)."""
+        predict = _prediction(self.model, "predict_variance")
+        return _select(predict(x, *args, **self.forward_kwargs, **kwargs), self.constraint)
+
     def extra_repr(self) -> str:
         target = "" if self.target_fn is _identity else f", target_fn={self.target_fn!r}"
         return f"constraint={self.constraint!r}{target}, forward_kwargs={self.forward_kwargs!r}"
@@ -161,6 +173,161 @@ class EnsembleModel(nn.Module):
                 )
         stacked = torch.stack(outputs, dim=0)
         return stacked if avg is False else stacked.mean(dim=0)
+
+    def predict_mean(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """The members' mean ``predict_mean`` (members predicting response distributions)."""
+        means = [_prediction(m, "predict_mean")(x, *args, **kwargs) for m in self.members]
+        return torch.stack(means, dim=0).mean(dim=0)
+
+    def predict_variance(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """The members' mean ``predict_variance``: what the sinzlab/mei fork that defined
+        CEIs and VEIs computed for an ensemble (its mixture formula reduces to this)."""
+        variances = [_prediction(m, "predict_variance")(x, *args, **kwargs) for m in self.members]
+        return torch.stack(variances, dim=0).mean(dim=0)
+
+
+def _prediction(model: Any, name: str) -> Callable[..., Tensor]:
+    method = getattr(model, name, None)
+    if not callable(method):
+        raise ModelError(
+            f"the model ({type(model).__name__}) has no {name}(x) method: a CEI or VEI "
+            "(mei_class_name) needs a model that predicts the mean (and, for a VEI, the "
+            "variance) of each neuron's response"
+        )
+    return cast(Callable[..., Tensor], method)
+
+
+def _check_predicts(model: Any, name: str) -> None:
+    """Raise :class:`~mei.errors.ModelError` unless ``model`` (through the wrappers that
+    delegate ``name`` to the models they hold) has a ``name`` method."""
+    if isinstance(model, ConstrainedOutputModel):
+        _check_predicts(model.model, name)
+    elif isinstance(model, EnsembleModel):
+        for member in model.members:
+            _check_predicts(member, name)
+    else:
+        _prediction(model, name)
+
+
+def _reference(model: Any, name: str, kind: str) -> Tensor | float:
+    """``model.<name>`` (the response of the unit's MEI), which a CEI or VEI is relative to."""
+    value = getattr(model, name, None)
+    if value is None:
+        raise ModelError(
+            f"a {kind} is relative to the unit's MEI: the model ({type(model).__name__}) has no "
+            f"{name} (the {'mean' if name == 'mei_mean' else 'variance'} of the unit's response "
+            "to its MEI). The sinzlab/mei fork's MEI table set it from the unit's MEI rows in "
+            "add_params_to_model(model, key); set model."
+            f"{name} there (a method of your MEI table, called before each key's run) or on "
+            "the model you pass"
+        )
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return torch.as_tensor(value)
+
+
+class CEIObjective(nn.Module):
+    """A certainly exciting input (``"mei_class_name": "CEI"``, as the sinzlab/mei fork used
+    in sinzlab/nnsysident defines it): an input whose predicted mean response is
+    ``ref_level`` times that of the unit's MEI. Ascends ``-(ref_level - mean / mei_mean)**2``
+    where ``mean = model.predict_mean(x)`` and ``mei_mean = model.mei_mean``; ``(B,)`` or
+    ``(B, 1)`` as the model's ``predict_mean``. The last evaluation's mean and variance (if
+    the model predicts one) are kept in :attr:`last`.
+    """
+
+    kind = "CEI"
+
+    def __init__(self, model: nn.Module, ref_level: float):
+        super().__init__()
+        self.model = model
+        self.ref_level = float(ref_level)
+        _check_predicts(model, "predict_mean")
+        self.mei_mean = _reference(model, "mei_mean", self.kind)
+        try:
+            _check_predicts(model, "predict_variance")
+            self._variance = True
+        except ModelError:
+            self._variance = False
+        #: ``{"mean": Tensor, "variance": Tensor}`` of the last evaluation (detached)
+        self.last: dict[str, Tensor] = {}
+
+    def _moments(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        mean = _prediction(self.model, "predict_mean")(x)
+        variance = _prediction(self.model, "predict_variance")(x) if self._variance else None
+        self.last = {"mean": mean.detach()}
+        if variance is not None:
+            self.last["variance"] = variance.detach()
+        return mean, variance
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean, _ = self._moments(x)
+        return -((self.ref_level - mean / self.mei_mean) ** 2)
+
+    def extra_repr(self) -> str:
+        return f"ref_level={self.ref_level}"
+
+
+class VEIObjective(CEIObjective):
+    """A variably exciting input (``"mei_class_name": "VEI"``, the fork's meaning): an input
+    whose predicted mean response stays near ``ref_level`` times that of the unit's MEI while
+    the predicted variance is maximized (``variance_optimization="max"``) or minimized
+    (``"min"``). Ascends ``-well(mean / mei_mean) +- variance / mei_variance`` with the
+    potential well around ``ref_level`` of half-width ``dx`` and steepness ``scale``:
+    ``"exp"``, ``exp(-scale (r + dx - ref)) + exp(scale (r - dx - ref))``, or ``"linear"``,
+    ``scale / 2 (r - ref) erf((r - ref) / (sqrt(2) dx))``.
+    """
+
+    kind = "VEI"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        ref_level: float,
+        scale: float,
+        dx: float,
+        variance_optimization: str,
+        potential_well_function: str = "exp",
+    ):
+        super().__init__(model, ref_level)
+        if variance_optimization not in ("max", "min"):
+            raise ValueError(
+                f"variance_optimization must be 'max' or 'min', got {variance_optimization!r}"
+            )
+        if potential_well_function not in ("exp", "linear"):
+            raise ValueError(
+                "potential_well_function must be 'exp' or 'linear', got "
+                f"{potential_well_function!r}"
+            )
+        self.scale, self.dx = float(scale), float(dx)
+        self.variance_optimization = variance_optimization
+        self.potential_well_function = potential_well_function
+        _check_predicts(model, "predict_variance")
+        self.mei_variance = _reference(model, "mei_variance", self.kind)
+
+    def well(self, ratio: Tensor) -> Tensor:
+        """The potential well at ``ratio = mean / mei_mean``."""
+        offset = ratio - self.ref_level
+        if self.potential_well_function == "exp":
+            return torch.exp(-self.scale * (offset + self.dx)) + torch.exp(
+                self.scale * (offset - self.dx)
+            )
+        return self.scale * 0.5 * offset * torch.erf(offset / (2**0.5) / self.dx)
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean, variance = self._moments(x)
+        assert variance is not None  # checked in __init__
+        spread = variance / self.mei_variance
+        well = -self.well(mean / self.mei_mean)
+        return well + spread if self.variance_optimization == "max" else well - spread
+
+    def extra_repr(self) -> str:
+        return (
+            f"ref_level={self.ref_level}, scale={self.scale}, dx={self.dx}, "
+            f"variance_optimization={self.variance_optimization!r}, "
+            f"potential_well_function={self.potential_well_function!r}"
+        )
 
 
 class TimeWindowResponse(nn.Module):

@@ -68,6 +68,10 @@ def default_background(mei: Tensor, i_iteration: int) -> None:
     return None
 
 
+#: default_background as the background slot's type (it returns None: no background)
+_DEFAULT_BACKGROUND: Background = cast(Background, default_background)
+
+
 class Progress(Protocol):
     """A progress display such as a tqdm bar: ``update(n)`` is called once per step."""
 
@@ -88,7 +92,29 @@ class MEI:
     inputs (``input_``, ``transformed_input``, ``post_processed_input``) and
     :attr:`current_input` are images; ``grad`` and ``preconditioned_grad`` are with respect
     to the parameters (what the optimizer steps on).
+
+    A subclass written for the original library runs as it did there. The original's
+    attributes keep their meaning (``i_iteration``, ``_current_input``, ``initial``,
+    ``_transformed_input``, ``transform`` & co. with ``default_transform`` & co. when not
+    given, ``input_cls``, ``state_cls``), as do its methods: :meth:`evaluate` (the model's
+    output for the current transformed input, with gradients), :meth:`transparentize`,
+    :meth:`mean_alpha_value` and :meth:`step`. A subclass that overrides one of these (or
+    ``input_cls``/``state_cls``) is stepped through its ``step()`` by :func:`optimize`, one
+    State per step, as the original did; ``MEI`` itself and subclasses that override none of
+    them run the batched engine (:meth:`record_step`).
     """
+
+    #: the original library's wrapper of the input, and the class of the States its step makes
+    input_cls: type[Input] = Input
+    state_cls: type[State] = State
+    #: whether optimize() runs this class through the batched engine (see __init_subclass__)
+    _engine_steps: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._engine_steps = all(
+            getattr(cls, name) is getattr(MEI, name) for name in _ORIGINAL_PROTOCOL
+        )
 
     def __init__(
         self,
@@ -112,44 +138,139 @@ class MEI:
         if getattr(parameterization, "identity", False) is True:
             parameterization = None  # the pixels themselves: the plain path
         self.parameterization = parameterization
-        self._input = initial.tensor if isinstance(initial, Input) else initial
-        if not self._input.requires_grad:
-            if not self._input.is_leaf:
+        if isinstance(initial, Input):
+            wrapped = initial
+        else:
+            if _is_tensor(initial) and not initial.requires_grad and not initial.is_leaf:
                 raise ValueError("the input being optimized must be a leaf tensor")
-            self._input.requires_grad_(True)
+            wrapped = self.input_cls(initial)
+        #: the original library's attributes: the input being optimized, wrapped, and a copy
+        #: of the start
+        self._current_input = wrapped
+        self.initial = wrapped.clone()
+        self._input = wrapped.tensor
         self.optimizer = optimizer
+        # the components, with the original's defaults standing for "none" (see the
+        # properties below); the engine reads the private attributes, None where absent
         self.transform = transform
         self.regularization = regularization
         self.precondition = precondition
         self.postprocessing = postprocessing
+        self.background = background
         # group=None: the whole tensor is one MEI, as in the original library, until
         # optimize() is given one stopper per row group
         self._auto_group = group is None
-        group = len(self._input) if group is None else group
-        if group < 1 or len(self._input) % group:
-            raise ValueError(
-                f"group must divide the {len(self._input)} input rows, got group={group}"
-            )
+        if _is_tensor(self._input):
+            group = len(self._input) if group is None else group
+            if group < 1 or len(self._input) % group:
+                raise ValueError(
+                    f"group must divide the {len(self._input)} input rows, got group={group}"
+                )
+        else:  # not a torch tensor (the original wrapped anything): checked by the steps
+            group = 1 if group is None else group
         self.group = group
-        use_group(regularization, group)
+        use_group(self._regularization, group)
         self.inhibitory = bool(inhibitory)
         self.transparency = bool(transparency)
         self.transparency_weight = transparency_weight
-        self.background = background
-        if self.transparency and background is None:
+        if self.transparency and self._background is None:
             raise ValueError("transparency needs a background to compose the MEI over")
         if self.transparency and parameterization is not None:
             raise ValueError("transparency optimizes pixels; it takes no parameterization")
+        #: the transformed input of the current step, as the original's step kept it
+        self._transformed: Tensor | None = None
         self.i_iter = 0
         # (mask (B, 1, ...) bool, values): the elements that stopped and their inputs
         self._frozen: tuple[Tensor, Tensor] | None = None
         self._closure_step = _takes_closure(optimizer)
-        self._evaluation_sum = torch.zeros(
-            self.batch_size, dtype=torch.float64, device=self._input.device
-        )
+        if _is_tensor(self._input):
+            self._evaluation_sum = torch.zeros(
+                self.batch_size, dtype=torch.float64, device=self._input.device
+            )
         #: capture the steps as a CUDA graph where they can be (see :mod:`mei.capture`)
         self.capture = bool(capture)
         self._graph: StepGraph | None = None
+
+    # The components as the original library stored them: its default functions where none
+    # was given. The engine reads the private attributes, None where a default stands, so
+    # that a default costs nothing and gives the numbers of no component.
+
+    @property
+    def transform(self) -> Transform:
+        return default_transform if self._transform is None else self._transform
+
+    @transform.setter
+    def transform(self, value: Transform | None) -> None:
+        self._transform = None if value is default_transform else value
+
+    @property
+    def regularization(self) -> Regularization:
+        return default_regularization if self._regularization is None else self._regularization
+
+    @regularization.setter
+    def regularization(self, value: Regularization | None) -> None:
+        self._regularization = None if value is default_regularization else value
+        if "group" in vars(self):  # set after __init__: the new one acts on the groups too
+            use_group(self._regularization, self.group)
+
+    @property
+    def precondition(self) -> Precondition:
+        return default_precondition if self._precondition is None else self._precondition
+
+    @precondition.setter
+    def precondition(self, value: Precondition | None) -> None:
+        self._precondition = None if value is default_precondition else value
+
+    @property
+    def postprocessing(self) -> PostProcessing:
+        return default_postprocessing if self._postprocessing is None else self._postprocessing
+
+    @postprocessing.setter
+    def postprocessing(self, value: PostProcessing | None) -> None:
+        self._postprocessing = None if value is default_postprocessing else value
+
+    @property
+    def background(self) -> Background:
+        return _DEFAULT_BACKGROUND if self._background is None else self._background
+
+    @background.setter
+    def background(self, value: Background | None) -> None:
+        self._background = None if value is _DEFAULT_BACKGROUND else value
+
+    @property
+    def i_iteration(self) -> int:
+        """The index of the next step (the original library's name for ``i_iter``)."""
+        return self.i_iter
+
+    @i_iteration.setter
+    def i_iteration(self, value: int) -> None:
+        self.i_iter = value
+
+    @property
+    def _transformed_input(self) -> Tensor:
+        """The current input through the transform of the current step, made once per step
+        (the original library's; its step resets ``_transformed`` to ``None``)."""
+        if self._transformed is None:
+            image = self._image(self._current_input.tensor)
+            self._transformed = self.transform(image, self.i_iteration)
+        return self._transformed
+
+    def evaluate(self) -> Any:
+        """The model's output for the current input as the step sees it (the transformed
+        input; with transparency, the input composed over the background), with gradients:
+        the original library's ``evaluate``, which its step and a lab's ``step()`` call."""
+        if self.transparency:
+            return self.func(self.transparentize().float())
+        return self.func(self._transformed_input)
+
+    def transparentize(self) -> Tensor:
+        """The current input composed over the background (the original library's)."""
+        x = self._current_input.tensor
+        return self._composite(x, self.i_iteration, self._draw_background(x, self.i_iteration))
+
+    def mean_alpha_value(self) -> Tensor:
+        """The mean of the alpha (last) channel of the current input (the original's)."""
+        return torch.mean(self._current_input.tensor[:, -1, ...])
 
     def capture_blockers(self) -> list[str]:
         """Why this MEI's steps cannot be captured (empty: they can; see :mod:`mei.capture`)."""
@@ -161,10 +282,10 @@ class MEI:
             reasons.append(reason)
         for slot, component in (
             ("parameterization", self.parameterization),
-            ("transform", self.transform),
-            ("regularization", self.regularization),
-            ("precondition", self.precondition),
-            ("postprocessing", self.postprocessing),
+            ("transform", self._transform),
+            ("regularization", self._regularization),
+            ("precondition", self._precondition),
+            ("postprocessing", self._postprocessing),
         ):
             blocker = component_blocker(slot, component)
             if blocker is not None:
@@ -190,7 +311,7 @@ class MEI:
                 f"cannot split {rows} input rows into {elements} MEIs after {self.i_iter} steps"
             )
         self.group = rows // elements
-        use_group(self.regularization, self.group)
+        use_group(self._regularization, self.group)
         self._evaluation_sum = torch.zeros(elements, dtype=torch.float64, device=self._input.device)
 
     @property
@@ -245,7 +366,7 @@ class MEI:
         sizes = zip(reversed(weighted[0:1].shape), reversed(alpha.shape), strict=False)
         if not all(a == b or 1 in (a, b) for a, b in sizes):  # torch's error names nothing
             raise ComponentError(
-                f"the background ({type(self.background).__name__}) gave a tensor of shape "
+                f"the background ({type(self._background).__name__}) gave a tensor of shape "
                 f"{tuple(background.shape)}, which does not fit MEIs of height x width "
                 f"{tuple(alpha.shape[-2:])}: give config['background'] the model input's size "
                 "(e.g. WhiteNoiseBackground's shape=[height, width] of this data_key's images)"
@@ -254,15 +375,15 @@ class MEI:
         return torch.cat((blended, x[:, 1:-1, ...]), dim=1)
 
     def _draw_background(self, x: Tensor, i: int) -> Tensor:
-        assert self.background is not None  # checked in __init__
-        background: Any = self.background(x, i)
+        assert self._background is not None  # checked in __init__
+        background: Any = self._background(x, i)
         return background if isinstance(background, Tensor) else torch.as_tensor(background)
 
     def _regularize(self, transformed: Tensor) -> Tensor | None:
-        if self.regularization is None:
+        if self._regularization is None:
             return None
         # components written for the original library may return a float for a batch of one
-        term: Tensor | float = self.regularization(transformed, self.i_iter)
+        term: Tensor | float = self._regularization(transformed, self.i_iter)
         if not isinstance(term, Tensor):
             term = torch.as_tensor(term, dtype=transformed.dtype, device=transformed.device)
         if term.dim() == 0 and self.batch_size == 1:
@@ -292,7 +413,7 @@ class MEI:
             loss = loss.sum()
         else:
             image = self._image(x)
-            transformed = self.transform(image, i) if self.transform is not None else image
+            transformed = self._transform(image, i) if self._transform is not None else image
             if not isinstance(transformed, Tensor):
                 raise ComponentError(
                     f"transform returned a {type(transformed).__name__}, not a tensor"
@@ -306,8 +427,8 @@ class MEI:
         if grad is None:
             raise ModelError("the model's output does not depend on its input (no gradient)")
         preconditioned = grad
-        if self.precondition is not None:
-            preconditioned = self.precondition(grad, i)
+        if self._precondition is not None:
+            preconditioned = self._precondition(grad, i)
             if not isinstance(preconditioned, Tensor) or preconditioned.shape != grad.shape:
                 raise ComponentError(
                     f"precondition must return a tensor of the gradient's shape "
@@ -327,9 +448,9 @@ class MEI:
         """After the optimizer's update (without gradients): postprocessing, the stopped
         elements put back, and the evaluation added to the running sum of the finite check."""
         pixels = self.parameterization is None
-        if self.postprocessing is not None:
+        if self._postprocessing is not None:
             image = x.detach() if pixels else self._image(x.detach())
-            processed = self.postprocessing(image, i)
+            processed = self._postprocessing(image, i)
             if not isinstance(processed, Tensor) or processed.shape != image.shape:
                 raise ComponentError(
                     f"postprocessing must return a tensor of the input's shape "
@@ -413,10 +534,50 @@ class MEI:
 
     def step(self) -> State | list[State]:
         """Perform one step; return its :class:`~mei.domain.State` (a list of States, one
-        per MEI, for a batch of several), as the original library's ``MEI.step`` did."""
+        per MEI, for a batch of several), as the original library's ``MEI.step`` did.
+
+        In a subclass that overrides the original's methods (see the class docstring) this
+        is the original's step, made of them: :meth:`evaluate`, ``regularization`` of
+        :attr:`_transformed_input`, backward, ``precondition``, the optimizer's step,
+        ``postprocessing``; it returns ``state_cls.from_dict(...)``.
+        """
+        if not type(self)._engine_steps:
+            return self._original_step()
         record = self.record_step()
         states = [State.from_record(record, b) for b in range(self.batch_size)]
         return states[0] if len(states) == 1 else states
+
+    def _original_step(self) -> State:
+        """One step made of the original library's parts, which a subclass may override."""
+        i = self.i_iteration
+        current = self._current_input
+        values: dict[str, Any] = {"i_iter": i, "input_": current.cloned_data}
+        self.optimizer.zero_grad()
+        # the original evaluated twice and kept the second, negated, for an inhibitory MEI
+        first, second = self.evaluate(), self.evaluate()
+        evaluation = -second if self.inhibitory else first
+        values["evaluation"] = evaluation.item()
+        values["transformed_input"] = self._transformed_input.data.cpu().clone()
+        if self.transparency:
+            alpha = self.mean_alpha_value()
+            reg_term = self.regularization(alpha, i)
+            loss = (-evaluation + reg_term) * (1 - alpha * self.transparency_weight)
+        else:
+            reg_term = self.regularization(self._transformed_input, i)
+            loss = -evaluation + reg_term
+        loss.backward()
+        values["reg_term"] = reg_term.item() if isinstance(reg_term, Tensor) else float(reg_term)
+        if current.grad is None:
+            raise ModelError("the model's output does not depend on its input (no gradient)")
+        values["grad"] = current.cloned_grad
+        current.grad = self.precondition(current.grad, i)
+        values["preconditioned_grad"] = current.cloned_grad
+        self.optimizer.step()
+        current.data = self.postprocessing(current.data, i)
+        values["post_processed_input"] = current.cloned_data
+        self._transformed = None
+        self.i_iteration = i + 1
+        return self.state_cls.from_dict(values)
 
     def record_step(self, keep: Collection[str] | None = None) -> StepRecord:
         """Perform one step for the whole batch and return its record.
@@ -516,15 +677,15 @@ class MEI:
             )
 
     @torch.no_grad()
-    def evaluate(self) -> Tensor:
+    def _final_scores(self) -> Tensor:
         """The model's response to the current inputs, seen through the deterministic version
         of the transform (with transparency: composed over the background), ``(B,)``: the
-        score of the MEIs as they are now."""
+        score of the MEIs as they are now (``optimize(..., score="final")``)."""
         x = self.current_input
         if self.transparency:
             x = self._composite(x, self.i_iter, self._draw_background(x, self.i_iter)).float()
-        elif self.transform is not None:
-            x = final_transform(self.transform, x, self.i_iter)
+        elif self._transform is not None:
+            x = final_transform(self._transform, x, self.i_iter)
         output = self.func(x).reshape(self.batch_size)
         return -output if self.inhibitory else output
 
@@ -533,12 +694,31 @@ class MEI:
             f"func={self.func!r}",
             f"optimizer={type(self.optimizer).__name__}",
             f"parameterization={self.parameterization!r}",
-            f"transform={self.transform!r}",
-            f"regularization={self.regularization!r}",
-            f"precondition={self.precondition!r}",
-            f"postprocessing={self.postprocessing!r}",
+            f"transform={self._transform!r}",
+            f"regularization={self._regularization!r}",
+            f"precondition={self._precondition!r}",
+            f"postprocessing={self._postprocessing!r}",
         ]
         return f"MEI({', '.join(parts)})"
+
+
+#: The original library's methods and class attributes: a subclass that overrides one of them
+#: is stepped through its step(), as the original stepped it.
+_ORIGINAL_PROTOCOL = (
+    "step",
+    "evaluate",
+    "transparentize",
+    "mean_alpha_value",
+    "_transformed_input",
+    "input_cls",
+    "state_cls",
+)
+
+
+def _is_tensor(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor (its class derives from Tensor: a stand-in that
+    only claims to be one, such as a mock with ``spec=Tensor``, is not)."""
+    return issubclass(type(value), Tensor)
 
 
 #: What a step may leave out of its record: everything but the evaluation and the
@@ -663,12 +843,22 @@ def optimize(
     ``score="final"``: the model's evaluation of the returned input (through the
     deterministic version of the transform). ``progress`` is an object with ``update(n)``
     (e.g. a tqdm bar), called per step.
+
+    ``mei`` of another class than :class:`MEI` (any object with a ``step()`` that returns a
+    State), or of a subclass that overrides the original library's methods (see
+    :class:`MEI`), is stepped as the original stepped it: ``state = mei.step()``, ``stop,
+    output = stopper(state)``, ``state.stopper_output = output``, ``tracker.track(state)``
+    until ``stop``; the result is ``(state.evaluation, state.post_processed_input)`` of the
+    last State. Such an object is one MEI: one stopper and one tracker.
     """
     if score not in ("last_step", "final"):
         raise ValueError(f"score must be 'last_step' or 'final', got {score!r}")
     single = not isinstance(stopper, (list, tuple))
     stoppers = [cast(Stopper, stopper)] if single else list(cast(Sequence[Stopper], stopper))
     trackers = [cast(Tracker, tracker)] if single else list(cast(Sequence[Tracker], tracker))
+    if not getattr(type(mei), "_engine_steps", False):
+        evaluation, inputs = _optimize_by_steps(mei, stoppers, trackers, progress, score)
+        return (evaluation, inputs) if single else ([evaluation], inputs)
     if getattr(mei, "_auto_group", False) and mei.i_iter == 0 and len(stoppers) != mei.batch_size:
         if len(stoppers) and len(mei.current_input) % len(stoppers) == 0:
             mei.regroup(len(stoppers))
@@ -721,12 +911,47 @@ def optimize(
         if mei.i_iter % check_every == 0:
             mei.check_finite()
     mei.check_finite()
-    scores = mei.evaluate() if score == "final" or last is None else last
+    scores = mei._final_scores() if score == "final" or last is None else last
     if not bool(torch.isfinite(scores).all()):
         raise NonFiniteError(f"the final evaluation is not finite: {scores.tolist()}")
     values: list[float] = scores.cpu().tolist()
     inputs = mei.current_input
     return (values[0], inputs) if single else (values, inputs)
+
+
+def _optimize_by_steps(
+    mei: Any,
+    stoppers: Sequence[Stopper],
+    trackers: Sequence[Tracker],
+    progress: Progress | None,
+    score: str,
+) -> tuple[Any, Any]:
+    """The original library's loop: ``mei.step()`` until the stopper says stop."""
+    if len(stoppers) != 1 or len(trackers) != 1:
+        raise ValueError(
+            f"{type(mei).__name__} is stepped through its own step() (it is not mei's batched "
+            f"MEI): it takes one stopper and one tracker, got {len(stoppers)} and "
+            f"{len(trackers)}"
+        )
+    stopper, tracker = stoppers[0], trackers[0]
+    while True:
+        current_state = mei.step()
+        result = stopper(current_state)
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise ComponentError(
+                f"a stopper must return (stop, output), {stopper!r} returned {result!r}"
+            )
+        stop, current_state.stopper_output = result
+        tracker.track(current_state)
+        if progress is not None:
+            progress.update(1)
+        if stop:
+            break
+    if score == "final":
+        if not isinstance(mei, MEI):
+            raise ValueError(f'score="final" needs an mei.optimization.MEI, got {type(mei)!r}')
+        return float(mei._final_scores().reshape(-1)[0]), current_state.post_processed_input
+    return current_state.evaluation, current_state.post_processed_input
 
 
 def _union(a: Collection[str] | None, b: Collection[str] | None) -> Collection[str] | None:

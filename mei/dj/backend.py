@@ -364,7 +364,8 @@ class ConcurrentPopulateError(RuntimeError):
     """Two ``populate()`` calls at once on one database connection (e.g. from two threads)."""
 
 
-_busy: dict[int, str] = {}
+#: connection id -> (thread id, depth, what): the populate running on each connection
+_busy: dict[int, tuple[int, int, str]] = {}
 _busy_guard = threading.Lock()
 
 
@@ -373,23 +374,34 @@ def exclusive(connection: Any, what: str) -> Iterator[None]:
     """Refuse a second populate on ``connection`` while one runs (threads share connections).
 
     One DataJoint connection carries one transaction at a time; two threads populating on it
-    interleave their transactions, so one thread's rollback undoes the other's inserts.
+    interleave their transactions, so one thread's rollback undoes the other's inserts, and
+    on MariaDB two threads querying one connection at once break its driver (``Packet
+    sequence number wrong``). Enter this before the first query of a populate: the second
+    thread is refused before it sends anything. The thread that holds it may enter it again
+    (a populate calling another part of the populate).
     """
     ident = id(connection)
+    me = threading.get_ident()
     with _busy_guard:
         running = _busy.get(ident)
-        if running is not None:
+        if running is not None and running[0] != me:
             raise ConcurrentPopulateError(
-                f"{what}: another populate is running on this database connection ({running}); "
-                "DataJoint connections are not thread-safe: run populates one after another, "
-                "or in separate processes (`mei worker`)"
+                f"{what}: another populate is running on this database connection "
+                f"({running[2]}); DataJoint connections are not thread-safe: run populates "
+                "one after another, or in separate processes (`mei worker`)"
             )
-        _busy[ident] = f"{what} in thread {threading.current_thread().name!r}"
+        depth = 0 if running is None else running[1]
+        where = f"{what} in thread {threading.current_thread().name!r}"
+        _busy[ident] = (me, depth + 1, where if running is None else running[2])
     try:
         yield
     finally:
         with _busy_guard:
-            _busy.pop(ident, None)
+            thread, depth, where = _busy[ident]
+            if depth > 1:
+                _busy[ident] = (thread, depth - 1, where)
+            else:
+                del _busy[ident]
 
 
 @contextlib.contextmanager

@@ -266,6 +266,11 @@ def compute_key(table: Any, key: Key, fetched: Sequence[Any]) -> Result:
     method_fn, method_config, seed = fetched
     dataloaders, model = load_model(table, key, method_config)
     model = selected_model(table.selector_table(), model, key)
+    add_params = getattr(table, "add_params_to_model", None)
+    if callable(add_params):
+        # the sinzlab/mei fork's hook: the MEI table gives the selected model what a CEI or
+        # VEI is relative to (model.mei_mean, model.mei_variance) before the run
+        add_params(model, key)
     return _generate(table, method_fn, dataloaders, model, key, seed)
 
 
@@ -413,6 +418,10 @@ def _compute_batched(table: Any, keys: Sequence[Key], fetched: Fetched) -> list[
         return None
     if method_config.get("n_meis", 1) != 1:
         return None  # several MEIs per key (the original's n_meis): one run per key
+    if method_config.get("mei_class_name", "MEI") not in ("MEI", None):
+        return None  # a CEI or VEI is relative to its own unit's MEI: one run per key
+    if callable(getattr(table, "add_params_to_model", None)):
+        return None  # the lab's hook gives each key's model its own parameters
     batched = getattr(
         validate_method(method_fn, method_config, check_config=False), "batched", None
     )

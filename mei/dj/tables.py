@@ -19,7 +19,7 @@ from ..errors import ConfigError, shorten
 from ..modules import ConstrainedOutputModel, EnsembleModel
 from . import populate as _populate
 from . import run
-from .backend import backend, populate_session
+from .backend import backend, exclusive, populate_session
 from .explain import empty_inputs, why_nothing_to_compute
 from .hashing import find_unhashable, hash_list_of_dictionaries, make_hash
 from .helpers import get_mappings, import_module
@@ -571,18 +571,21 @@ class MEITemplateMixin(_ModelTableMixin):
         override redirects them) are refused before anything is reserved or computed:
         :class:`mei.errors.DeviceUnavailableError` (:func:`mei.dj.populate.check_devices`).
         """
-        _say_why_nothing(self)
-        if batch_size is None:
-            with populate_session(self.connection, f"{type(self).__name__}.populate"):
-                _populate.check_devices(self, *restrictions)
-                return super().populate(*restrictions, **kwargs)  # type: ignore[misc]
-        unknown = sorted(
-            set(kwargs)
-            - {"reserve_jobs", "suppress_errors", "max_calls", "display_progress", "order"}
-        )
-        if unknown:
-            raise TypeError(f"populate(batch_size=...) does not take {unknown}")
-        return _populate.populate(self, *restrictions, batch_size=batch_size, **kwargs)
+        what = f"{type(self).__name__}.populate"
+        # a second thread on this connection is refused before its first query
+        with exclusive(self.connection, what):
+            _say_why_nothing(self)
+            if batch_size is None:
+                with populate_session(self.connection, what):
+                    _populate.check_devices(self, *restrictions)
+                    return super().populate(*restrictions, **kwargs)  # type: ignore[misc]
+            unknown = sorted(
+                set(kwargs)
+                - {"reserve_jobs", "suppress_errors", "max_calls", "display_progress", "order"}
+            )
+            if unknown:
+                raise TypeError(f"populate(batch_size=...) does not take {unknown}")
+            return _populate.populate(self, *restrictions, batch_size=batch_size, **kwargs)
 
     def make_insert(self, key: Key, mei: Tensor, score: float, output: Any) -> None:
         """Store ``mei`` and ``output`` as files and insert the row, or neither."""

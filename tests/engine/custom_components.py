@@ -108,3 +108,11 @@ class _EvaluationAboveBatch:
             or record.i_iter + 1 >= self.stoppers[b].max_steps
         ]
         return stopped, None
+
+
+class RefusesItsKwargs:
+    """A component of any slot whose constructor refuses its kwargs (as ``torch.optim.SGD``
+    refuses ``lr=-1.0``)."""
+
+    def __init__(self, *args, level=1, name="x", **kwargs):
+        raise ValueError(f"level must be positive, got {level}")

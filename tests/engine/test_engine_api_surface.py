@@ -69,7 +69,13 @@ PUBLIC = {
         "PNormConstraint",
         "PNormConstraintAndClip",
     ],
-    "mei.modules": ["ConstrainedOutputModel", "ContrastiveOutputModel", "EnsembleModel"],
+    "mei.modules": [
+        "ConstrainedOutputModel",
+        "ContrastiveOutputModel",
+        "EnsembleModel",
+        "CEIObjective",
+        "VEIObjective",
+    ],
     "mei.import_helpers": [
         "import_object",
         "resolve_path",

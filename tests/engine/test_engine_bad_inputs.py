@@ -238,6 +238,40 @@ def test_empty_dataloaders_are_named(dataloaders, match):
     assert info.value.argument == "dataloaders"
 
 
+@pytest.mark.parametrize(
+    ("batch", "match"),
+    [
+        ("a string", r"it is not a tensor, a tuple or a dict of tensors; the batch is a str "),
+        (
+            {"targets": "cat", "id": 3},
+            r"none of its fields has a shape; the batch is a dict with 'targets': a str "
+            r"\('cat'\), 'id': a int \(3\)",
+        ),
+        (
+            {"inputs": ["x", "y"], "targets": torch.zeros(2, 3)},
+            r"its field 'inputs' is a list; the batch is a dict with 'inputs': a list, "
+            r"'targets': a Tensor",
+        ),
+        (("x", torch.zeros(2, 3)), r"its first element is a str \('x'\); the batch is a tuple"),
+        ([], r"it is empty; the batch is a list of"),
+    ],
+    ids=["string", "dict-of-strings", "dict-inputs-list", "tuple-of-string-first", "empty-list"],
+)
+def test_a_batch_without_an_input_tensor_is_one_clear_error(batch, match):
+    loaders = {"train": {"session-7": [batch]}}
+    where = r"cannot find the input tensor in the first batch of dataloaders\['train'\]\['session-7'\]: "
+    with pytest.raises(InputError, match=where + match) as info:
+        gradient_ascent(loaders, MODEL, base_config(), 0)
+    assert info.value.argument == "dataloaders"
+
+
+def test_fields_without_a_shape_beside_the_inputs_are_left_out():
+    images = torch.zeros(4, 1, 8, 8)
+    for batch in ({"id": "a", "images": images}, (images, "name")):
+        mei, _, _ = gradient_ascent({"train": {"k": [batch]}}, MODEL, base_config(), 0)
+        assert mei.shape == SHAPE
+
+
 ZERO_GRADIENT = (
     r"does not depend on its input: at the first step the gradient .* is zero everywhere"
 )

@@ -1,6 +1,7 @@
 """Bad configs and bad models fail early with errors that name what is wrong."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -40,8 +41,9 @@ MODEL = ConstrainedOutputModel(LinearNeurons(), 0)
             r"config\['optimizer'\] \(torch.optim.SGD\): does not accept argument\(s\) \['momentun'\]",
         ),
         (
-            {"optimizer": {"path": "torch.optim.SGD", "kwargs": {"lr": -1}}},
-            r"config\['optimizer'\] \(torch.optim.SGD\): ValueError: Invalid learning rate",
+            {"optimizer": {"path": "torch.optim.SGD", "kwargs": {"lr": -1.0}}},
+            r"config\['optimizer'\] \(torch.optim.SGD\): ValueError: Invalid learning rate: "
+            r"-1\.0 \(kwargs given: lr=-1\.0\)$",
         ),
         (
             {"stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": -1}}},
@@ -82,6 +84,37 @@ def test_bad_config_raises_config_error_naming_key_and_path(change, match):
         gradient_ascent(None, MODEL, config, 0, shape=SHAPE)
     assert config == snapshot
     assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "slot",
+    [
+        "initial",
+        "optimizer",
+        "stopper",
+        "response",
+        "parameterization",
+        "transform",
+        "regularization",
+        "precondition",
+        "postprocessing",
+        "background",
+        "objectives",
+    ],
+)
+def test_a_constructor_refusing_its_kwargs_is_named_with_them_for_every_slot(slot):
+    entry = {"path": "custom_components.RefusesItsKwargs", "kwargs": {"level": -2, "name": "v1"}}
+    config = base_config(**{slot: [entry] if slot == "objectives" else entry})
+    key = "objectives[0]" if slot == "objectives" else slot
+    expected = (
+        rf"config\['{re.escape(key)}'\] \(custom_components.RefusesItsKwargs\): ValueError: "
+        r"level must be positive, got -2 \(kwargs given: level=-2, name='v1'\)$"
+    )
+    with pytest.raises(ConfigError, match=expected):
+        resolve_config(config)
+    entry["kwargs"] = {}
+    with pytest.raises(ConfigError, match=r"got 1 \(no kwargs given\)$"):
+        resolve_config(config)
 
 
 def test_model_with_wrong_output_shape():

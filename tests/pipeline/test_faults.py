@@ -193,6 +193,41 @@ def test_two_threads_on_one_connection_are_refused_not_miscounted(lab, schema, s
     check_complete(lab, schema, store)
 
 
+@pytest.mark.parametrize("batch_size", [None, N], ids=["per-key", "batched"])
+def test_two_threads_starting_together_one_computes_the_other_is_refused(
+    lab, schema, store, batch_size
+):
+    # both threads call populate() at the same moment on the process's one connection: the
+    # second is refused before it sends a query (MariaDB's driver, unlike PostgreSQL's,
+    # breaks when two threads query one connection at once)
+    table = lab.MEI()
+    start = threading.Barrier(2)
+    outcome: dict[str, object] = {}
+
+    def populate(name):
+        start.wait(30)
+        try:
+            # DataJoint's own populate sets a signal handler with reserve_jobs, which only
+            # the main thread may do: the per-key path runs without the job queue here
+            reserve = batch_size is not None
+            outcome[name] = table.populate(batch_size=batch_size, reserve_jobs=reserve)
+        except Exception as e:  # what the thread ended with, checked below
+            outcome[name] = e
+
+    threads = [threading.Thread(target=populate, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    errors = [v for v in outcome.values() if isinstance(v, BaseException)]
+    assert all(isinstance(e, ConcurrentPopulateError) for e in errors), errors
+    assert len(errors) == 1  # they overlapped: one of them was refused
+    done = [v for v in outcome.values() if not isinstance(v, BaseException)]
+    assert sum(r["success_count"] for r in done) == N  # every key computed once
+    assert len(run_path_lab.CALLS) == (N if batch_size is None else 1)
+    check_complete(lab, schema, store)
+
+
 def test_a_read_only_store_records_each_keys_error_and_keeps_nothing(lab, schema, store):
     if os.geteuid() != 0 or subprocess.run(["chattr", "-R", "+i", str(store)]).returncode != 0:
         pytest.skip("needs root and chattr to make the store read-only")
