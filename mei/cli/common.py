@@ -344,8 +344,10 @@ def table_database(mode: str, path: str, *, kind: str = "computed") -> Iterator[
 
 
 def check_store(table: Any, path: str) -> None:
-    """An MEI table's store (``table.storage``) must be configured, and a ``file`` store's
-    folder must exist, before anything is computed: DataJoint finds out only when it inserts."""
+    """An MEI table's store (``table.storage``) must be configured, a ``file`` store's folder
+    must exist, and the store must take a file (:func:`mei.dj.store.check_store`: an S3
+    store's endpoint, bucket and credentials), before any key is reserved: DataJoint finds
+    out only when it inserts."""
     dj = import_datajoint()
     store = getattr(table, "storage", None)
     if store is None:
@@ -365,6 +367,9 @@ def check_store(table: Any, path: str) -> None:
                 f"the folder {location} of the store {store!r} does not exist: create it "
                 f"(`mkdir -p {location}`)"
             )
+    from ..dj.store import check_store as check_store_works
+
+    check_store_works(table)  # reachable, bucket there, credentials accepted, writable
 
 
 def data_dir_help() -> str:
