@@ -5,7 +5,8 @@ a free port, creates a bucket and an IAM user whose access key may do anything o
 turns on moto's request authentication: from then on the server checks every request's
 signature, so wrong credentials are refused as MinIO or AWS would refuse them (403). It can be
 stopped and started again on the same port, keeping its objects (connections are refused while
-it is down), and its access key can be refused (``AccessDenied``) and accepted again.
+it is down), its access key can be refused (``AccessDenied``) and accepted again, and it can
+answer ``503 ServiceUnavailable`` for a while (:meth:`S3Server.fail`).
 
 :meth:`S3Server.store_spec` gives the store settings of both DataJoint generations (endpoint,
 bucket, location, access_key, secret_key, ``secure: False``). Nothing here is a stand-in for
@@ -18,6 +19,7 @@ import json
 import logging
 import socket
 import threading
+import time
 import urllib.request
 from typing import Any
 
@@ -31,18 +33,61 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_UNAVAILABLE = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ServiceUnavailable</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+
+
+def _moto_server(port: int) -> Any:
+    """moto's threaded server, whose S3 answers ``503 ServiceUnavailable`` (as an overloaded
+    MinIO or AWS does) while ``server.failing_until`` (a ``time.monotonic()``) lies ahead."""
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    class Server(ThreadedMotoServer):  # type: ignore[misc]
+        failing_until = 0.0
+
+        def _server_entry(self) -> None:  # moto's, with the app wrapped
+            app = DomainDispatcherApplication(create_backend_app)
+
+            def answer(environ: dict, start_response: Any) -> Any:
+                path = environ.get("PATH_INFO", "")
+                if time.monotonic() < self.failing_until and not path.startswith("/moto-api"):
+                    start_response(
+                        "503 Service Unavailable",
+                        [
+                            ("Content-Type", "application/xml"),
+                            ("Content-Length", str(len(_UNAVAILABLE))),
+                        ],
+                    )
+                    return [_UNAVAILABLE]
+                return app(environ, start_response)
+
+            self._server = make_server(
+                self._ip_address, self._port, answer, True, request_handler=MotoRequestHandler
+            )
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return Server(ip_address="127.0.0.1", port=port, verbose=False)
+
+
 class S3Server:
     """moto's S3 server on ``127.0.0.1:port`` with one bucket and one access key."""
 
     def __init__(self, bucket: str = BUCKET):
-        from moto.server import ThreadedMotoServer
-
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
         self.bucket = bucket
         self.port = _free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.endpoint}"
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server = _moto_server(self.port)
         self._lock = threading.Lock()
         self.running = False
         self.start()
@@ -69,6 +114,11 @@ class S3Server:
             if self.running:
                 self._server.stop()
                 self.running = False
+
+    def fail(self, seconds: float) -> None:
+        """Answer every S3 request with ``503 ServiceUnavailable`` for ``seconds`` from now
+        (``float("inf")``: until ``fail(0)``)."""
+        self._server.failing_until = time.monotonic() + seconds
 
     def _set_auth(self, on: bool) -> None:
         """moto checks request signatures against its IAM users from now on (or stops)."""

@@ -1311,10 +1311,23 @@ class DataJoint014(Backend):
             return torch.load(path, weights_only=weights_only)
 
     def remove_key_files(self, table: Any, key: Key) -> int:
-        spec = table.connection.schemas[table.database].external[table.storage].spec
-        if spec["protocol"] != "file":
-            return 0  # on S3, `schema.external[store].delete()` removes tracked orphans
+        external = table.connection.schemas[table.database].external[table.storage]
+        spec = external.spec
         removed = 0
+        if spec["protocol"] == "s3":
+            key_hash = make_hash(dict(key))
+            marks = [f".{name}_{key_hash}_" for name in ("mei", "output")]
+            client = external.s3.client
+            prefix = "/".join(
+                p for p in (str(spec.get("location", "")).strip("/"), table.database) if p
+            )
+            for item in client.list_objects(spec["bucket"], prefix=prefix + "/", recursive=True):
+                if any(mark in item.object_name for mark in marks):
+                    client.remove_object(spec["bucket"], item.object_name)
+                    removed += 1
+            return removed
+        if spec["protocol"] != "file":
+            return 0
         root = Path(spec["location"]) / table.database
         for name in self.attachment_names(key):
             for path in root.rglob(f"*.{name}"):
@@ -1325,7 +1338,14 @@ class DataJoint014(Backend):
     def remove_stray_files(self, table: Any, busy: Sequence[Key], older_than: float) -> int:
         external = table.connection.schemas[table.database].external[table.storage]
         spec = external.spec
-        tracked = {getattr(h, "hex", str(h)) for h in external.fetch("hash")}
+        attributes = table.heading.attributes
+        names = [n for n in attributes if attributes[n].is_attachment]
+        tracked = set()  # the files the rows refer to (by uuid)
+        if names:
+            for row in table.connection.query(table.proj(*names).make_sql()).fetchall():
+                for value in row[len(table.primary_key) :]:
+                    if isinstance(value, (bytes, bytearray)) and len(value) == 16:
+                        tracked.add(bytes(value).hex())
         busy_hashes = {make_hash(dict(k)) for k in busy}
         now = time.time()
 

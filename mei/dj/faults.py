@@ -113,21 +113,26 @@ def fault(error: BaseException) -> str | None:
 
 def reason(error: BaseException) -> str:
     """What went wrong with the store, in a few words, from ``error``."""
-    for cause in _chain(error):
+    causes = list(_chain(error))
+    for cause in causes:  # what the store answered, if it answered
         if isinstance(cause, StoreUnavailableError):
             return cause.reason
         code, status = _code(cause)
+        if not code and not status:
+            continue
         if code in _LASTING_CODES:
             return f"{_LASTING_CODES[code]} ({code})"
         if status == 403 or code == "403":  # a HEAD request's answer has no code
             return "refused the credentials or the access (HTTP 403)"
         if status == 404 or code == "404":
             return "has no such bucket (HTTP 404)"
-        if code or status:
-            return f"answered {code or 'an error'} (HTTP {status})"
+        return f"answered {code or 'an error'} (HTTP {status})"
+    for cause in causes:
         name = type(cause).__name__
         if name in _TRANSIENT_NAMES or isinstance(cause, (ConnectionError, TimeoutError)):
             text = str(cause).splitlines()[0] if str(cause) else ""
+            if "://" in text:  # botocore names the object's whole URL: the store says enough
+                text = ""
             return f"cannot be reached ({name}{': ' + text if text else ''})"
         if isinstance(cause, OSError) and cause.errno is not None:
             where = f": {cause.filename}" if cause.filename else ""

@@ -40,6 +40,10 @@ TESTS = HERE.parent
 
 @pytest.fixture(scope="session")
 def s3():
+    # botocore (under s3fs) tries each request 5 times with backoff before it gives up: once
+    # is enough to see what mei does when the store fails, and keeps these tests fast
+    previous = os.environ.get("AWS_MAX_ATTEMPTS")
+    os.environ["AWS_MAX_ATTEMPTS"] = "1"
     try:
         from s3_testkit import S3Server
 
@@ -48,6 +52,10 @@ def s3():
         unavailable(f"no S3 server for the tests: {e}")
     yield server
     server.close()
+    if previous is None:
+        os.environ.pop("AWS_MAX_ATTEMPTS", None)
+    else:
+        os.environ["AWS_MAX_ATTEMPTS"] = previous
 
 
 @pytest.fixture
@@ -174,6 +182,19 @@ def test_mds_rows_on_s3(s3, s3_store, schema, mei_main, make_lab):
     names = [o.rsplit("/", 1)[-1] for o in objects(s3, s3_store) if schema.database in o]
     assert len([n for n in names if "mds_" in n or "output_" in n]) == 2
     assert ensemble
+
+
+def test_the_s3_settings_mei_db_env_shows_make_a_working_store(lab, s3, s3_store):
+    from mei.cli.db import S3_EXAMPLE
+
+    spec = dict(S3_EXAMPLE["minio"])
+    real = s3.store_spec(s3_store)
+    assert set(spec) == set(real)  # the same keys, with the lab's values
+    spec.update(
+        {k: real[k] for k in ("endpoint", "bucket", "location", "access_key", "secret_key")}
+    )
+    dj.config["stores"] = {**dj.config["stores"], "minio": spec}
+    assert lab.MEI().populate({"neuron_id": 0}, batch_size=4)["success_count"] == 1
 
 
 # --------------------------------------------------------------------------- set up wrongly
@@ -365,4 +386,27 @@ def test_refused_credentials_mid_batch_are_recorded_at_once(lab, s3, s3_store, s
     table = lab.MEI()
     assert len(table) == 0 and len(backend().jobs(table).errors()) == 4
     s3.refuse_key(False)
+    finish(lab, s3, s3_store, schema)
+
+
+def test_server_errors_for_a_while_are_ridden_out(lab, s3, s3_store, schema, outage_wait):
+    outage_wait(60)
+    run_path_lab.BEFORE_RUN.append(lambda: s3.fail(3.0))
+    result = lab.MEI().populate(batch_size=4, reserve_jobs=True, suppress_errors=True)
+    assert result["success_count"] == N and result["error_list"] == []
+    check_complete(lab, s3, s3_store, schema)
+
+
+def test_server_errors_that_last_are_recorded_once(lab, s3, s3_store, schema, outage_wait):
+    outage_wait(1)
+    MEI = breaking(lab, "during", lambda: s3.fail(float("inf")))
+    try:
+        with pytest.raises(StoreUnavailableError, match="503") as failed:
+            MEI().populate(batch_size=4, reserve_jobs=True, suppress_errors=True)
+    finally:
+        s3.fail(0)
+    table = lab.MEI()
+    errors = backend().jobs(table).errors()
+    assert len(table) == 0 and len(errors) == 4
+    assert {e["error_message"] for e in errors} == {f"StoreUnavailableError: {failed.value}"}
     finish(lab, s3, s3_store, schema)
