@@ -212,6 +212,7 @@ def test_a_wrong_store_is_refused_before_any_key_is_reserved(lab, s3, s3_store, 
     for attempt in (
         lambda: table.populate(batch_size=4, reserve_jobs=True, suppress_errors=True),
         lambda: table.populate(batch_size=4),
+        lambda: table.populate(),  # DataJoint's own, key by key
         lambda: run_worker(table, batch_size=4, display_progress=False),
     ):
         started = time.monotonic()
