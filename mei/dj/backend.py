@@ -1103,7 +1103,7 @@ class DataJoint2(Backend):
         from datajoint.storage import build_object_path
 
         # Staged inserts (<object@>) name the folder after the class, codecs after the table.
-        staged = self._codecs(table, ["mei"]) == {"object"}
+        staged = self._codecs(table, self._file_attributes(table)) == {"object"}
         config = table.connection._config
         spec = config.get_store_spec(table.storage)
         path, _ = build_object_path(
@@ -1162,14 +1162,16 @@ class DataJoint2(Backend):
             removed += 1
         return removed
 
+    @staticmethod
+    def _file_attributes(table: Any) -> list[str]:
+        """The attributes of ``table`` that hold files (``mei``, ``output``; ``mds``...)."""
+        attributes = table.heading.attributes
+        codecs = (FILE_CODEC, "object")
+        return [n for n in attributes if getattr(attributes[n].codec, "name", "") in codecs]
+
     def _referenced_paths(self, table: Any) -> set[str]:
         """The store paths (relative to the store's root) that ``table``'s rows refer to."""
-        attributes = table.heading.attributes
-        names = [
-            n
-            for n in attributes
-            if getattr(attributes[n].codec, "name", "") in (FILE_CODEC, "object")
-        ]
+        names = self._file_attributes(table)
         if not names:
             return set()
         rows = table.connection.query(table.proj(*names).make_sql()).fetchall()
@@ -1316,7 +1318,8 @@ class DataJoint014(Backend):
         removed = 0
         if spec["protocol"] == "s3":
             key_hash = make_hash(dict(key))
-            marks = [f".{name}_{key_hash}_" for name in ("mei", "output")]
+            attributes = table.heading.attributes
+            marks = [f".{n}_{key_hash}_" for n in attributes if attributes[n].is_attachment]
             client = external.s3.client
             prefix = "/".join(
                 p for p in (str(spec.get("location", "")).strip("/"), table.database) if p
@@ -1339,13 +1342,12 @@ class DataJoint014(Backend):
         external = table.connection.schemas[table.database].external[table.storage]
         spec = external.spec
         attributes = table.heading.attributes
-        names = [n for n in attributes if attributes[n].is_attachment]
-        tracked = set()  # the files the rows refer to (by uuid)
-        if names:
-            for row in table.connection.query(table.proj(*names).make_sql()).fetchall():
-                for value in row[len(table.primary_key) :]:
-                    if isinstance(value, (bytes, bytearray)) and len(value) == 16:
-                        tracked.add(bytes(value).hex())
+        names = {n for n in attributes if attributes[n].is_attachment}
+        # 0.14 keeps every attachment of the schema in one folder and tracks each committed one
+        # in the schema's external table: a file of this table's kind that was never tracked
+        # belongs to an insert that rolled back. (Files of rows deleted later are tracked until
+        # DataJoint's own `schema.external[store].delete()` removes them.)
+        tracked = {getattr(h, "hex", str(h)) for h in external.fetch("hash")}
         busy_hashes = {make_hash(dict(k)) for k in busy}
         now = time.time()
 
@@ -1354,6 +1356,8 @@ class DataJoint014(Backend):
             parts = attachment.split("_")
             if len(parts) < 3 or not attachment.endswith(".pth.tar"):
                 return False  # not a file mei wrote
+            if "_".join(parts[:-2]) not in names:
+                return False  # another table's
             if uuid in tracked or parts[-2] in busy_hashes:
                 return False
             return now - modified >= older_than

@@ -178,18 +178,17 @@ STORE_OUTAGE_WAIT = 300.0
 refused, timeouts, server errors) before it gives up on the batch."""
 
 
-def _store_failure(table: Any, error: BaseException, lasting: bool) -> StoreUnavailableError:
+def _store_failure(table: Any, error: BaseException) -> StoreUnavailableError:
+    """The store failed for good while a batch was stored: what to tell the user."""
     name = str(getattr(table, "storage", ""))
     try:
         where = describe(name, store_spec(name))
     except Exception:
         where = repr(name)
     why = reason(error)
-    if lasting and fault(error) == "transient":
+    if fault(error) == "transient":
         why += f", and was not back within {STORE_OUTAGE_WAIT:g} s"
-    return StoreUnavailableError(
-        f"the store {where} {why}", store=name, reason=why, transient=not lasting
-    )
+    return StoreUnavailableError(f"the store {where} {why}", store=name, reason=why)
 
 
 def _remove_leftovers(left: list[tuple[Any, list[tuple[Any, ...]]]]) -> None:
@@ -231,7 +230,7 @@ def _insert_batch(
             break
         logger.warning("the store is back: storing the batch again")
         _remove_leftovers(left)
-    raise _store_failure(table, error, lasting=True) from error
+    raise _store_failure(table, error) from error
 
 
 # --------------------------------------------------------------------------- devices
