@@ -12,6 +12,7 @@ Runs on DataJoint 2.x (PostgreSQL, MariaDB; S3 through s3fs) and 0.14 (MariaDB, 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -292,6 +293,35 @@ def outage_wait(monkeypatch):
     return set_wait
 
 
+@pytest.fixture
+def back_when_waited_for():
+    """``back_when_waited_for(action)``: run ``action`` (bring the store back) half a second
+    after populate says it waits for the store, so the outage lasts until mei noticed it."""
+    seen = []
+
+    class Handler(logging.Handler):
+        def __init__(self, action):
+            super().__init__()
+            self.action = action
+
+        def emit(self, record):
+            if "waiting up to" in record.getMessage() and not seen:
+                seen.append(record.getMessage())
+                threading.Timer(0.5, self.action).start()
+
+    handlers = []
+
+    def arm(action):
+        handler = Handler(action)
+        logging.getLogger("mei.dj.populate").addHandler(handler)
+        handlers.append(handler)
+        return seen
+
+    yield arm
+    for handler in handlers:
+        logging.getLogger("mei.dj.populate").removeHandler(handler)
+
+
 def breaking(lab, when, action):
     """``lab.MEI`` that calls ``action()`` once, ``when`` its first batch stores its files:
     ``"during"`` (after half of the batch's rows and files are written, inside the
@@ -332,33 +362,26 @@ def lab_jobs(table):
 
 
 def test_a_short_outage_before_the_file_writes_needs_no_hand_work(
-    lab, s3, s3_store, schema, outage_wait
+    lab, s3, s3_store, schema, outage_wait, back_when_waited_for
 ):
     outage_wait(60)
-
-    def outage():
-        s3.stop()
-        threading.Timer(1.0, s3.start).start()
-
-    run_path_lab.BEFORE_RUN.append(outage)
+    waited = back_when_waited_for(s3.start)
+    run_path_lab.BEFORE_RUN.append(s3.stop)
     result = lab.MEI().populate(batch_size=4, reserve_jobs=True, suppress_errors=True)
+    assert waited and "cannot be reached" in waited[0]
     assert result["success_count"] == N and result["error_list"] == []
     assert queue_counts(lab.MEI()) == {"reserved": 0, "error": 0, "ignore": 0}
     check_complete(lab, s3, s3_store, schema)  # no file left of the failed attempt
 
 
 def test_a_short_outage_during_the_file_writes_leaves_nothing(
-    lab, s3, s3_store, schema, outage_wait
+    lab, s3, s3_store, schema, outage_wait, back_when_waited_for
 ):
     outage_wait(60)
-
-    def outage():
-        s3.stop()
-        threading.Timer(1.0, s3.start).start()
-
-    MEI = breaking(lab, "during", outage)
+    waited = back_when_waited_for(s3.start)
+    MEI = breaking(lab, "during", s3.stop)
     result = MEI().populate(batch_size=4, reserve_jobs=True, suppress_errors=True)
-    assert MEI.broken
+    assert MEI.broken and waited
     assert result["success_count"] == N and result["error_list"] == []
     check_complete(lab, s3, s3_store, schema)
 
@@ -404,10 +427,17 @@ def test_refused_credentials_mid_batch_are_recorded_at_once(lab, s3, s3_store, s
     finish(lab, s3, s3_store, schema)
 
 
-def test_server_errors_for_a_while_are_ridden_out(lab, s3, s3_store, schema, outage_wait):
+def test_server_errors_for_a_while_are_ridden_out(
+    lab, s3, s3_store, schema, outage_wait, back_when_waited_for
+):
     outage_wait(60)
-    run_path_lab.BEFORE_RUN.append(lambda: s3.fail(3.0))
-    result = lab.MEI().populate(batch_size=4, reserve_jobs=True, suppress_errors=True)
+    waited = back_when_waited_for(lambda: s3.fail(0))
+    run_path_lab.BEFORE_RUN.append(lambda: s3.fail(float("inf")))
+    try:
+        result = lab.MEI().populate(batch_size=4, reserve_jobs=True, suppress_errors=True)
+    finally:
+        s3.fail(0)
+    assert waited and "503" in waited[0]
     assert result["success_count"] == N and result["error_list"] == []
     check_complete(lab, s3, s3_store, schema)
 
