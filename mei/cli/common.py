@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import MEIError
+from ..errors import MEIError, StoreUnavailableError
 
 
 def version() -> str:
@@ -52,6 +52,8 @@ def describe_error(error: BaseException) -> str | None:
     mei's own errors print their message; a full disk and other operating system errors say
     which file; DataJoint's and the database clients' errors give their type and message.
     """
+    if isinstance(error, StoreUnavailableError):  # names the store, and what is wrong with it
+        return str(error)
     for cause in _chain(error):
         if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
             if cause.filename:

@@ -140,7 +140,7 @@ def reason(error: BaseException) -> str:
             if cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 return f"cannot be written ({what})"
             if cause.errno in (errno.ENOSPC, errno.EDQUOT):
-                return f"is full ({what})"
+                return f"is full (no space left on the device{where})"
             return what
     lines = str(error).splitlines()
     return f"{type(error).__name__}: {lines[0] if lines else ''}"
