@@ -98,3 +98,21 @@ class DeviceUnavailableError(MEIError, RuntimeError):
         self.device = device
         self.methods = [dict(m) for m in methods]
         self.override = override
+
+
+class StoreUnavailableError(MEIError, RuntimeError):
+    """The store that keeps an MEI table's files cannot be used: not configured, unreachable,
+    its bucket missing, the credentials refused, or not writable.
+
+    Raised before any key is reserved (``populate``, ``mei worker``), and by a populate whose
+    store stops working mid-run after the keys of the batch in hand were recorded or given
+    back. ``store`` is the store's name, ``reason`` what is wrong, ``transient`` whether it
+    looks like an outage (connection refused, timeouts, server errors) rather than a setting
+    to fix (credentials, bucket, permissions).
+    """
+
+    def __init__(self, message: str, *, store: str, reason: str, transient: bool = False):
+        super().__init__(message)
+        self.store = store
+        self.reason = reason
+        self.transient = transient

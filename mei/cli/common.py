@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import MEIError
+from ..errors import MEIError, StoreUnavailableError
 
 
 def version() -> str:
@@ -52,6 +52,8 @@ def describe_error(error: BaseException) -> str | None:
     mei's own errors print their message; a full disk and other operating system errors say
     which file; DataJoint's and the database clients' errors give their type and message.
     """
+    if isinstance(error, StoreUnavailableError):  # names the store, and what is wrong with it
+        return str(error)
     for cause in _chain(error):
         if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
             if cause.filename:
@@ -344,8 +346,10 @@ def table_database(mode: str, path: str, *, kind: str = "computed") -> Iterator[
 
 
 def check_store(table: Any, path: str) -> None:
-    """An MEI table's store (``table.storage``) must be configured, and a ``file`` store's
-    folder must exist, before anything is computed: DataJoint finds out only when it inserts."""
+    """An MEI table's store (``table.storage``) must be configured, a ``file`` store's folder
+    must exist, and the store must take a file (:func:`mei.dj.store.check_store`: an S3
+    store's endpoint, bucket and credentials), before any key is reserved: DataJoint finds
+    out only when it inserts."""
     dj = import_datajoint()
     store = getattr(table, "storage", None)
     if store is None:
@@ -365,6 +369,9 @@ def check_store(table: Any, path: str) -> None:
                 f"the folder {location} of the store {store!r} does not exist: create it "
                 f"(`mkdir -p {location}`)"
             )
+    from ..dj.store import check_store as check_store_works
+
+    check_store_works(table)  # reachable, bucket there, credentials accepted, writable
 
 
 def data_dir_help() -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 from typing import Any
 
 from .common import data_dir_help, err
@@ -50,7 +52,26 @@ def _env(args: argparse.Namespace) -> int:
     for line in server.notices:
         err(f"mei: {line}")
     print(shell_exports(server.environment()))
+    print(S3_HINT)
     return 0
+
+
+S3_EXAMPLE = {
+    "minio": {
+        "protocol": "s3",
+        "endpoint": "minio.example.org:9000",
+        "bucket": "mei",
+        "location": "lab",
+        "access_key": "...",
+        "secret_key": "...",
+        "secure": False,
+    }
+}
+S3_HINT = (
+    "# a lab's MinIO/S3 for the MEI files instead of the local folder (after the line above):\n"
+    f"# export DJ_STORES={shlex.quote(json.dumps(S3_EXAMPLE))}"
+)
+"""What `mei db env` adds as a comment: how to point the store ``minio`` at a lab's MinIO."""
 
 
 ACTIONS = {
@@ -78,7 +99,8 @@ ACTIONS = {
         "Print `export` lines for DataJoint's environment variables that point at the "
         "embedded database and at the local store 'minio' in the data directory (created if "
         'needed), e.g. `eval "$(mei db env)"`. DataJoint reads no datajoint.json while they '
-        "are set. Starts nothing.",
+        "are set. Starts nothing. A comment line shows how to point the store at a lab's "
+        "MinIO/S3 instead (DJ_STORES with protocol s3).",
     ),
 }
 

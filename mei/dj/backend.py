@@ -11,7 +11,7 @@ On DataJoint 2.x it also defines mei's file codec, ``<mei_file@store>``
 
 This is also the only module that touches private DataJoint names (``_jobs``, ``_get_pk``,
 ``_allow_insert``, ``_jobs_to_do``, ``Job._heading``, ``connection._config``,
-``_remove_external_file``, ``_make_uuid_path``, and the helpers ``SchemaCodec`` gives its
+``_remove_external_file``, ``_make_uuid_path``, ``StorageBackend._full_path``, and the helpers ``SchemaCodec`` gives its
 subclasses: ``_extract_context``, ``_codec_config``, ``_build_path``, ``_get_backend``): each is
 used in exactly one place here, and
 :meth:`Backend.missing_internals` lists the ones the installed DataJoint no longer has, so a
@@ -28,6 +28,7 @@ import datetime
 import functools
 import hashlib
 import io
+import json
 import logging
 import os
 import platform
@@ -42,6 +43,7 @@ from typing import Any
 import datajoint as dj
 import torch
 
+from .faults import fault
 from .hashing import make_hash
 
 logger = logging.getLogger(__name__)
@@ -436,6 +438,50 @@ def _note(*entry: Any) -> None:
         written.append(entry)
 
 
+_leftovers: contextvars.ContextVar[list[tuple[Any, list[tuple[Any, ...]]]] | None] = (
+    contextvars.ContextVar("mei_leftover_files", default=None)
+)
+
+
+@contextlib.contextmanager
+def leftover_files() -> Iterator[list[tuple[Any, list[tuple[Any, ...]]]]]:
+    """Within the block, files of a failed insert that could not be removed (the store was
+    out) are collected as ``(table, entries)``, so that they can be removed once the store
+    is back (:meth:`Backend.remove_files`); what is never removed, :func:`mei.dj.recovery
+    .recover` finds in the store."""
+    left: list[tuple[Any, list[tuple[Any, ...]]]] = []
+    token = _leftovers.set(left)
+    try:
+        yield left
+    finally:
+        _leftovers.reset(token)
+
+
+def discard_files(table: Any, written: list[tuple[Any, ...]], error: BaseException) -> None:
+    """Remove the files ``written`` for rows that did not commit because of ``error``.
+
+    While the store itself is out (``error`` is its fault) or the removal fails, they are not
+    waited for: they go to the open :func:`leftover_files` list and are logged."""
+    if not written:
+        return
+    entries = list(written)
+    if fault(error) is None:
+        try:
+            backend().remove_files(table, entries)
+            return
+        except Exception:
+            logger.warning("could not remove %d file(s) of rows that did not commit", len(entries))
+    else:
+        logger.warning(
+            "the store failed (%s): %d file(s) of rows that did not commit are left for recover()",
+            type(error).__name__,
+            len(entries),
+        )
+    left = _leftovers.get()
+    if left is not None:
+        left.append((table, entries))
+
+
 # --------------------------------------------------------------------------- 2.x file codec
 FILE_CODEC = "mei_file"
 """Name of mei's DataJoint 2.x codec for files written with ``torch.save``."""
@@ -709,8 +755,8 @@ class Backend:
                 with atomic:
                     for row, row_files in zip(rows, files, strict=True):
                         self.insert_with_files(table, row, row_files, store)
-            except BaseException:
-                self.remove_files(table, written)
+            except BaseException as e:
+                discard_files(table, written, e)
                 raise
         for entry in written:
             _note(*entry)
@@ -735,8 +781,8 @@ class Backend:
                     self.insert_with_files(table, row, files, store)
                     for part, rows in parts:
                         part.insert(list(rows))
-            except BaseException:
-                self.remove_files(table, written)
+            except BaseException as e:
+                discard_files(table, written, e)
                 raise
         for entry in written:
             _note(*entry)
@@ -761,6 +807,14 @@ class Backend:
     def remove_files(self, table: Any, written: list[tuple[Any, ...]]) -> int:
         """Remove exactly the files a :func:`file_journal` noted (of rows that did not
         commit); return how many."""
+        raise NotImplementedError
+
+    def remove_stray_files(self, table: Any, busy: Sequence[Key], older_than: float) -> int:
+        """Remove the files in ``table``'s store that no row refers to (left by inserts that
+        did not commit while the store was out, or by dead workers), except those of the
+        ``busy`` keys (reserved: being computed) and those written less than ``older_than``
+        seconds ago (a populate without reservations may be about to commit them). Returns
+        how many were removed."""
         raise NotImplementedError
 
     # -- jobs and connections -------------------------------------------------------------
@@ -898,6 +952,14 @@ class Backend:
         return missing
 
 
+def _modified(info: Mapping[str, Any], default: float) -> float:
+    """When a file that fsspec's ``find(detail=True)`` found was last written (seconds)."""
+    value = info.get("LastModified", info.get("mtime", info.get("created")))
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    return float(value) if value is not None else default
+
+
 def _has_attribute(obj: Any, attribute: str) -> bool:
     """``hasattr`` that also finds attributes set in ``__init__`` (from its source)."""
     if hasattr(obj, attribute):
@@ -942,6 +1004,7 @@ class DataJoint2(Backend):
         ("datajoint.connection:Connection", "_config"),
         ("datajoint.connection:Connection", "connection_id"),
         ("datajoint.connection:Connection", "conn_info"),
+        ("datajoint.storage:StorageBackend", "_full_path"),
     )
 
     def _default_schema_name(self) -> str:
@@ -1016,8 +1079,8 @@ class DataJoint2(Backend):
         with file_journal() as written:
             try:
                 table.insert(records)
-            except BaseException:
-                self.remove_files(table, written)
+            except BaseException as e:
+                discard_files(table, written, e)
                 written.clear()
                 raise
         for entry in written:
@@ -1052,7 +1115,7 @@ class DataJoint2(Backend):
         from datajoint.storage import build_object_path
 
         # Staged inserts (<object@>) name the folder after the class, codecs after the table.
-        staged = self._codecs(table, ["mei"]) == {"object"}
+        staged = self._codecs(table, self._file_attributes(table)) == {"object"}
         config = table.connection._config
         spec = config.get_store_spec(table.storage)
         path, _ = build_object_path(
@@ -1077,6 +1140,60 @@ class DataJoint2(Backend):
             store.remove_folder(folder)
             return 1
         return 0
+
+    def remove_stray_files(self, table: Any, busy: Sequence[Key], older_than: float) -> int:
+        from datajoint.hash_registry import get_store_backend
+
+        config = table.connection._config
+        spec = config.get_store_spec(table.storage)
+        if spec.get("partition_pattern"):
+            logger.info("stray files are not looked for in stores with a partition_pattern")
+            return 0
+        store = get_store_backend(table.storage, config=config)
+        first = table.primary_key[0]
+        folder = self.key_folder(table, dict.fromkeys(table.primary_key, 0))
+        full = store._full_path  # the path fsspec knows a file by
+        root = full(folder.split(f"/{first}=", 1)[0])
+        try:
+            found = store.fs.find(root, detail=True)
+        except FileNotFoundError:
+            return 0
+        files = {p: i for p, i in found.items() if i.get("type") != "directory"}
+        if not files:
+            return 0
+        kept = {full(path) for path in self._referenced_paths(table)}
+        busy_folders = {full(self.key_folder(table, k)) for k in busy}
+        now = time.time()
+        removed = 0
+        for path, info in files.items():
+            if path in kept or path.rsplit("/", 1)[0] in busy_folders:
+                continue
+            if now - _modified(info, now) < older_than:
+                continue
+            store.fs.rm(path)
+            removed += 1
+        return removed
+
+    @staticmethod
+    def _file_attributes(table: Any) -> list[str]:
+        """The attributes of ``table`` that hold files (``mei``, ``output``; ``mds``...)."""
+        attributes = table.heading.attributes
+        codecs = (FILE_CODEC, "object")
+        return [n for n in attributes if getattr(attributes[n].codec, "name", "") in codecs]
+
+    def _referenced_paths(self, table: Any) -> set[str]:
+        """The store paths (relative to the store's root) that ``table``'s rows refer to."""
+        names = self._file_attributes(table)
+        if not names:
+            return set()
+        rows = table.connection.query(table.proj(*names).make_sql()).fetchall()
+        paths = set()
+        for row in rows:
+            for value in row[len(table.primary_key) :]:
+                meta = json.loads(value) if isinstance(value, (str, bytes)) else value
+                if isinstance(meta, dict) and meta.get("path"):
+                    paths.add(str(meta["path"]))
+        return paths
 
     def jobs(self, table: Any, *, declare: bool = True) -> JobQueue:
         return _JobQueue2(table, declare=declare)
@@ -1165,8 +1282,8 @@ class DataJoint014(Backend):
                 records.append({**row, **paths})
             try:
                 table.insert(records)
-            except BaseException:
-                self.remove_files(table, stored)
+            except BaseException as e:
+                discard_files(table, stored, e)
                 raise
             for entry in stored:
                 _note(*entry)
@@ -1208,14 +1325,71 @@ class DataJoint014(Backend):
             return torch.load(path, weights_only=weights_only)
 
     def remove_key_files(self, table: Any, key: Key) -> int:
-        spec = table.connection.schemas[table.database].external[table.storage].spec
-        if spec["protocol"] != "file":
-            return 0  # on S3, `schema.external[store].delete()` removes tracked orphans
+        external = table.connection.schemas[table.database].external[table.storage]
+        spec = external.spec
         removed = 0
+        if spec["protocol"] == "s3":
+            key_hash = make_hash(dict(key))
+            attributes = table.heading.attributes
+            marks = [f".{n}_{key_hash}_" for n in attributes if attributes[n].is_attachment]
+            client = external.s3.client
+            prefix = "/".join(
+                p for p in (str(spec.get("location", "")).strip("/"), table.database) if p
+            )
+            for item in client.list_objects(spec["bucket"], prefix=prefix + "/", recursive=True):
+                if any(mark in item.object_name for mark in marks):
+                    client.remove_object(spec["bucket"], item.object_name)
+                    removed += 1
+            return removed
+        if spec["protocol"] != "file":
+            return 0
         root = Path(spec["location"]) / table.database
         for name in self.attachment_names(key):
             for path in root.rglob(f"*.{name}"):
                 path.unlink()
+                removed += 1
+        return removed
+
+    def remove_stray_files(self, table: Any, busy: Sequence[Key], older_than: float) -> int:
+        external = table.connection.schemas[table.database].external[table.storage]
+        spec = external.spec
+        attributes = table.heading.attributes
+        names = {n for n in attributes if attributes[n].is_attachment}
+        # 0.14 keeps every attachment of the schema in one folder and tracks each committed one
+        # in the schema's external table: a file of this table's kind that was never tracked
+        # belongs to an insert that rolled back. (Files of rows deleted later are tracked until
+        # DataJoint's own `schema.external[store].delete()` removes them.)
+        tracked = {getattr(h, "hex", str(h)) for h in external.fetch("hash")}
+        busy_hashes = {make_hash(dict(k)) for k in busy}
+        now = time.time()
+
+        def stray(name: str, modified: float) -> bool:
+            uuid, _, attachment = name.rpartition("/")[2].partition(".")
+            parts = attachment.split("_")
+            if len(parts) < 3 or not attachment.endswith(".pth.tar"):
+                return False  # not a file mei wrote
+            if "_".join(parts[:-2]) not in names:
+                return False  # another table's
+            if uuid in tracked or parts[-2] in busy_hashes:
+                return False
+            return now - modified >= older_than
+
+        removed = 0
+        if spec["protocol"] == "file":
+            root = Path(spec["location"]) / table.database
+            for path in root.rglob("*.pth.tar") if root.is_dir() else ():
+                if path.is_file() and stray(str(path), path.stat().st_mtime):
+                    path.unlink()
+                    removed += 1
+            return removed
+        client = external.s3.client
+        prefix = "/".join(
+            p for p in (str(spec.get("location", "")).strip("/"), table.database) if p
+        )
+        for item in client.list_objects(spec["bucket"], prefix=prefix + "/", recursive=True):
+            modified = item.last_modified.timestamp() if item.last_modified else now
+            if stray(item.object_name, modified):
+                client.remove_object(spec["bucket"], item.object_name)
                 removed += 1
         return removed
 

@@ -26,11 +26,21 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from ..config import parse_device
-from ..errors import ConfigError, DeviceUnavailableError
+from ..errors import ConfigError, DeviceUnavailableError, StoreUnavailableError
 from ..progress import progress_bar
 from . import run
-from .backend import JobQueue, backend, file_journal, populate_session, worker_liveness
+from .backend import (
+    JobQueue,
+    backend,
+    discard_files,
+    file_journal,
+    leftover_files,
+    populate_session,
+    worker_liveness,
+)
+from .faults import fault, reason
 from .hashing import make_hash
+from .store import check_store, describe, store_spec, wait_for_store
 
 Key = dict[str, Any]
 
@@ -127,7 +137,7 @@ def _insert(table: Any, items: Sequence[tuple[Key, Any, Any]], queue: JobQueue |
             # let the commit through): its files go unless its rows are there.
             try:
                 if not be.keys(table & [k for k, _ in new]):
-                    be.remove_files(table, written)
+                    discard_files(table, written, e)
             except Exception:  # the store or the connection is gone: recover() cleans up
                 logger.warning("could not remove the files of %d key(s)", len(new), exc_info=True)
         raise
@@ -148,8 +158,8 @@ def _insert_each(
     try:
         return _insert(table, items, queue), []
     except Exception as e:
-        if backend().is_connection_error(e):
-            raise
+        if backend().is_connection_error(e) or fault(e) is not None:
+            raise  # the connection or the store failed, not a key
         if len(items) == 1:
             e.__mei_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
             return Stored([], [], []), [(items[0][0], e)]
@@ -161,6 +171,66 @@ def _insert_each(
         stored = Stored(*(a + b for a, b in zip(stored, one, strict=True)))
         failed += errors
     return stored, failed
+
+
+STORE_OUTAGE_WAIT = 300.0
+"""Seconds a populate waits for its store to come back after it failed mid-batch (connection
+refused, timeouts, server errors) before it gives up on the batch."""
+
+
+def _store_failure(table: Any, error: BaseException) -> StoreUnavailableError:
+    """The store failed for good while a batch was stored: what to tell the user."""
+    name = str(getattr(table, "storage", ""))
+    try:
+        where = describe(name, store_spec(name))
+    except Exception:
+        where = repr(name)
+    why = reason(error)
+    if fault(error) == "transient":
+        why += f", and was not back within {STORE_OUTAGE_WAIT:g} s"
+    return StoreUnavailableError(f"the store {where} {why}", store=name, reason=why)
+
+
+def _remove_leftovers(left: list[tuple[Any, list[tuple[Any, ...]]]]) -> None:
+    """Remove the files a failed attempt could not remove while the store was out."""
+    for table, entries in left:
+        try:
+            backend().remove_files(table, entries)
+        except Exception:
+            logger.warning("could not remove %d stray file(s): recover() will", len(entries))
+
+
+def _insert_batch(
+    table: Any, items: Sequence[tuple[Key, Any, Any]], queue: JobQueue | None
+) -> tuple[Stored, list[tuple[Key, Exception]]]:
+    """:func:`_insert_each`, riding out a store outage: if the store fails while the batch is
+    stored, wait for it (up to :data:`STORE_OUTAGE_WAIT` seconds), remove what the failed
+    attempt wrote, and store the batch again (it is computed: nothing is recomputed). Raises
+    :class:`mei.errors.StoreUnavailableError` if the store refuses the work (credentials,
+    bucket, permissions) or does not come back; files that could not be removed are left for
+    :func:`mei.dj.recovery.recover`."""
+    for attempt in range(2):
+        with leftover_files() as left:
+            try:
+                return _insert_each(table, items, queue)
+            except Exception as e:
+                kind = fault(e)
+                if kind is None:
+                    raise
+                error: Exception = e
+        if kind != "transient" or attempt == 1:
+            break
+        logger.warning(
+            "the store failed while %d key(s) were stored (%s): waiting up to %g s for it",
+            len(items),
+            reason(error),
+            STORE_OUTAGE_WAIT,
+        )
+        if not wait_for_store(table, STORE_OUTAGE_WAIT):
+            break
+        logger.warning("the store is back: storing the batch again")
+        _remove_leftovers(left)
+    raise _store_failure(table, error) from error
 
 
 # --------------------------------------------------------------------------- devices
@@ -255,7 +325,12 @@ def populate(
     between batches. Without ``suppress_errors`` the first failing key raises after its error
     is recorded and the other reserved keys are given back. Keys whose method asks for a
     device this machine lacks are refused first, before anything is reserved
-    (:func:`check_devices`).
+    (:func:`check_devices`), and so is a store that does not take files
+    (:func:`mei.dj.store.check_store`). If the store fails mid-run, the batch in hand waits for
+    it (:data:`STORE_OUTAGE_WAIT`); if it does not come back, or refuses the work, each key of
+    the batch gets one error record with one line and
+    :class:`mei.errors.StoreUnavailableError` is raised (also with ``suppress_errors``: the
+    next keys would fail the same way).
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -264,6 +339,7 @@ def populate(
     be = backend()
     with populate_session(table.connection, f"{type(table).__name__}.populate"):
         check_devices(table, *restrictions)
+        check_store(table)  # before a key is reserved, not after it is computed
         queue = be.jobs(table) if reserve_jobs else None
         if queue is None:
             return _populate(
@@ -326,9 +402,17 @@ def _populate(
                         failed.append((key, outcome))
                     else:
                         computed.append((key, *outcome))
-                stored, not_stored = (
-                    _insert_each(table, computed, queue) if computed else (Stored([], [], []), [])
-                )
+                try:
+                    stored, not_stored = (
+                        _insert_batch(table, computed, queue)
+                        if computed
+                        else (Stored([], [], []), [])
+                    )
+                except StoreUnavailableError as e:
+                    _record_store_failure(
+                        table, queue, [k for k, *_ in computed], failed, e, pending_keys, errors
+                    )
+                    raise
                 if queue is not None:
                     queue.complete_many(stored.done)
                 for key in stored.done + stored.lost:
@@ -380,6 +464,38 @@ def _populate(
                             len(pending_keys),
                         )
     return {"success_count": done, "error_list": errors, "keys": inserted}
+
+
+def _record_store_failure(
+    table: Any,
+    queue: JobQueue | None,
+    keys: list[Key],
+    failed: list[tuple[Key, Exception]],
+    error: StoreUnavailableError,
+    pending_keys: list[Key],
+    errors: list[tuple[Key, str]],
+) -> None:
+    """The store failed for good while ``keys`` were stored: one error record (one line) per
+    key that has no row, the key's own error for the ``failed`` ones."""
+    be = backend()
+    try:
+        done = {make_hash(k) for k in be.keys(table & keys)} if keys else set()
+    except Exception:
+        done = set()
+    line = f"{type(error).__name__}: {error}"[:2047]
+    outcome = [(k, line) for k in keys if make_hash(k) not in done]
+    outcome += [(k, f"{type(e).__name__}: {e}"[:2047]) for k, e in failed]
+    if queue is not None:
+        queue.complete_many([k for k in keys if make_hash(k) in done])
+    for key in keys:
+        if make_hash(key) in done:
+            pending_keys.remove(key)
+    for key, message in outcome:
+        if queue is not None:
+            queue.error(key, message, "")
+        pending_keys.remove(key)
+        errors.append((key, message))
+    logger.error("%s: %d key(s) recorded as errors", line, len(outcome))
 
 
 class WorkerConnectionError(RuntimeError):

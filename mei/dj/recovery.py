@@ -2,16 +2,25 @@
 
 A worker that dies (SIGKILL, a lost machine) leaves its keys reserved in the job table, and
 possibly files in the store that no row refers to. :func:`recover` finds reservations whose
-database connection no longer exists, removes their keys' files and releases them.
+database connection no longer exists, removes their keys' files and releases them. It also
+removes the files that inserts left behind when the store failed mid-batch and could not
+take the removal either (stray files: no row refers to them, no worker holds their key).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .backend import backend
 
+logger = logging.getLogger(__name__)
+
 Key = dict[str, Any]
+
+STRAY_AGE = 600.0
+"""Seconds: :func:`recover` leaves younger stray files alone by default (an insert without a
+reservation may be about to commit them; no insert takes this long)."""
 
 
 def remove_orphan_files(table: Any, key: Key) -> int:
@@ -25,7 +34,13 @@ def remove_orphan_files(table: Any, key: Key) -> int:
     return backend().remove_key_files(table, key)
 
 
-def recover(table: Any, *, older_than: float = 0.0, dead_only: bool = True) -> list[Key]:
+def recover(
+    table: Any,
+    *,
+    older_than: float = 0.0,
+    dead_only: bool = True,
+    stray_files_older_than: float | None = STRAY_AGE,
+) -> list[Key]:
     """Return the keys of dead workers to the queue and remove files they left behind.
 
     A reserved job is recovered when it is older than ``older_than`` seconds and (with
@@ -36,6 +51,12 @@ def recover(table: Any, *, older_than: float = 0.0, dead_only: bool = True) -> l
     re-opened. Each key is taken with its job row locked, so a worker that is committing it
     at that moment either commits first (then the key is done, and only its job is closed)
     or finds its reservation gone and commits nothing. Returns the recovered keys.
+
+    Then the files in the table's store that no row refers to and whose key nobody holds are
+    removed if they are older than ``stray_files_older_than`` seconds (``None``: not looked
+    for); ``0`` removes them all, which is safe only while no populate without reservations
+    (``reserve_jobs=False``) runs on the table. That takes one listing of the table's folder
+    in the store; the store must be reachable.
     """
     be = backend()
     connection = table.connection
@@ -58,4 +79,11 @@ def recover(table: Any, *, older_than: float = 0.0, dead_only: bool = True) -> l
             remove_orphan_files(table, key)
             queue.release_many([key])
         recovered.append(key)
+    if stray_files_older_than is not None and getattr(table, "storage", None):
+        busy = [job["key"] for job in queue.reserved()]
+        removed = be.remove_stray_files(table, busy, float(stray_files_older_than))
+        if removed:
+            logger.info(
+                "removed %d stray file(s) of %s from its store", removed, type(table).__name__
+            )
     return recovered

@@ -25,6 +25,7 @@ from .hashing import find_unhashable, hash_list_of_dictionaries, make_hash
 from .helpers import get_mappings, import_module
 from .model_cache import ModelLoader
 from .run import KEYED_COMPONENTS, METHOD_FN_MAX_LENGTH, Key, validate_method
+from .store import check_store
 
 logger = logging.getLogger(__name__)
 
@@ -569,7 +570,9 @@ class MEITemplateMixin(_ModelTableMixin):
 
         Either way, keys whose method asks for a device this machine lacks (and no ``device``
         override redirects them) are refused before anything is reserved or computed:
-        :class:`mei.errors.DeviceUnavailableError` (:func:`mei.dj.populate.check_devices`).
+        :class:`mei.errors.DeviceUnavailableError` (:func:`mei.dj.populate.check_devices`);
+        so is a store that does not take files: :class:`mei.errors.StoreUnavailableError`
+        (:func:`mei.dj.store.check_store`).
         """
         what = f"{type(self).__name__}.populate"
         # a second thread on this connection is refused before its first query
@@ -578,6 +581,7 @@ class MEITemplateMixin(_ModelTableMixin):
             if batch_size is None:
                 with populate_session(self.connection, what):
                     _populate.check_devices(self, *restrictions)
+                    check_store(self)
                     return super().populate(*restrictions, **kwargs)  # type: ignore[misc]
             unknown = sorted(
                 set(kwargs)
@@ -776,9 +780,11 @@ class MDSTemplateMixin(_ModelTableMixin):
 
     def populate(self, *restrictions: Any, **kwargs: Any) -> Any:
         """DataJoint's ``populate``, after refusing keys whose method asks for a device this
-        machine lacks (:func:`mei.dj.populate.check_devices`)."""
+        machine lacks (:func:`mei.dj.populate.check_devices`) and a store that does not take
+        files (:func:`mei.dj.store.check_store`)."""
         with populate_session(self.connection, f"{type(self).__name__}.populate"):
             _populate.check_devices(self, *restrictions)
+            check_store(self)
             return super().populate(*restrictions, **kwargs)  # type: ignore[misc]
 
     def load_mds(self, key: Mapping[str, Any] | None = None) -> Tensor:

@@ -15,6 +15,7 @@ from typing import Any
 from .backend import worker_liveness
 from .populate import check_devices, populate
 from .recovery import recover
+from .store import check_store
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ def run_worker(
     ``device`` overrides the method configs' device (one worker per GPU: ``"cuda:0"``, ...).
     Before anything else, a worker that would run a pending key's method on a device this
     machine lacks raises :class:`mei.errors.DeviceUnavailableError` (naming the device, the
-    method rows and the table's ``device`` override), so it reserves nothing.
+    method rows and the table's ``device`` override), so it reserves nothing; so does one
+    whose store does not take files (:class:`mei.errors.StoreUnavailableError`).
     With ``recover_dead``, the keys of dead workers are returned to the queue first, and again
     when no key is pending any more (so the workers that are left finish the keys of one that
     was killed meanwhile: a cancelled or preempted scheduler task). Returns
@@ -94,6 +96,7 @@ def _loop(
     if device is not None:
         table.device = device
     check_devices(table, *restrictions)
+    check_store(table)  # before recover() looks into it and before a key is reserved
     if recover_dead:
         _recover_dead(table)
     started = time.monotonic()

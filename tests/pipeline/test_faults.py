@@ -22,6 +22,7 @@ import run_path_lab
 from mei_testkit import wait_for
 
 from mei.dj.backend import ConcurrentPopulateError, backend
+from mei.errors import StoreUnavailableError
 from mei.populate import recover
 
 N = 8  # keys
@@ -228,15 +229,45 @@ def test_two_threads_starting_together_one_computes_the_other_is_refused(
     check_complete(lab, schema, store)
 
 
-def test_a_read_only_store_records_each_keys_error_and_keeps_nothing(lab, schema, store):
+def test_a_read_only_store_is_refused_before_any_key_is_reserved(lab, schema, store):
     if os.geteuid() != 0 or subprocess.run(["chattr", "-R", "+i", str(store)]).returncode != 0:
         pytest.skip("needs root and chattr to make the store read-only")
     try:
-        result = lab.MEI().populate(batch_size=4, reserve_jobs=True, suppress_errors=True)
+        with pytest.raises(StoreUnavailableError, match="cannot be written") as refused:
+            lab.MEI().populate(batch_size=4, reserve_jobs=True, suppress_errors=True)
     finally:
         subprocess.run(["chattr", "-R", "-i", str(store)], check=True)
-    assert result["success_count"] == 0 and len(result["error_list"]) == N
-    assert all("ermission" in m or "not permitted" in m for _, m in result["error_list"])
+    assert "no key was reserved" in str(refused.value)
+    assert run_path_lab.CALLS == []
     queue = backend().jobs(lab.MEI())
-    assert queue.counts() == {"reserved": 0, "error": N, "ignore": 0}
+    assert queue.counts() == {"reserved": 0, "error": 0, "ignore": 0}
     assert len(lab.MEI()) == 0 and files_of(store, schema) == []
+
+
+def test_a_store_that_turns_read_only_mid_batch_keeps_nothing_after_recover(lab, schema, store):
+    if os.geteuid() != 0 or subprocess.run(["chattr", "-i", str(store)]).returncode != 0:
+        pytest.skip("needs root and chattr to make the store read-only")
+
+    class MEI(lab.MEI):  # the same table; the store turns read-only half-way through a batch
+        turned = False
+
+        def make_insert_many(self, rows):
+            if not MEI.turned:
+                MEI.turned = True
+                super().make_insert_many(rows[:2])
+                subprocess.run(["chattr", "-R", "+i", str(store)], check=True)
+            super().make_insert_many(rows[2:] if len(rows) == 4 and MEI.turned else rows)
+
+    try:
+        with pytest.raises(StoreUnavailableError, match="cannot be written") as refused:
+            MEI().populate(batch_size=4, reserve_jobs=True, suppress_errors=True)
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(store)], check=True)
+    table = lab.MEI()
+    assert len(table) == 0
+    errors = backend().jobs(table).errors()
+    assert len(errors) == 4  # the batch in hand, once, with one line; the rest is pending
+    assert {e["error_message"] for e in errors} == {f"StoreUnavailableError: {refused.value}"}
+    assert files_of(store, schema)  # the first two rows' files, written before
+    recover(table, stray_files_older_than=0)
+    assert files_of(store, schema) == []

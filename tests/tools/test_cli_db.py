@@ -59,6 +59,7 @@ def test_env_configures_the_database_and_a_local_store_that_exists(tmp_path):
     stores = json.loads(variables["DJ_STORES"])
     assert stores == {"minio": {"protocol": "file", "location": str(data / "store")}}
     assert (data / "store").is_dir()  # DataJoint refuses a store folder that does not exist
+    assert '\n# export DJ_STORES=\'{"minio": {"protocol": "s3"' in result.stdout  # a lab's MinIO
     # what a shell gets from `eval "$(mei db env)"`, and DataJoint reads it without a warning
     code = (
         'eval "$(python -m mei db env)" && python -W default -c "import datajoint as dj; '

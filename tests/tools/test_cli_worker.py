@@ -6,7 +6,6 @@ anything, say why there is nothing to compute, and stay quiet."""
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import shutil
 
@@ -151,7 +150,7 @@ def test_worker_and_status_agree_on_the_table_and_the_embedded_database(lab):
         assert "the embedded database in" in line and "is not running: `mei db start`" in line
 
 
-def test_a_store_filling_up_fails_keys_and_says_so_in_one_line(lab):
+def test_a_store_filling_up_stops_the_worker_with_one_line(lab):
     cwd, env = lab
     with small_disk("16k") as disk:  # room for a file or two
         stores = json.dumps({"minio": {"protocol": "file", "location": str(disk)}})
@@ -159,18 +158,16 @@ def test_a_store_filling_up_fails_keys_and_says_so_in_one_line(lab):
         script_env["DJ_STORES"] = stores
         run_python(SETUP + METHOD_AND_SEED, env=script_env, cwd=cwd, timeout=300)
         worker = run_mei("worker", "lab_pipeline.MEI", env={**env, "DJ_STORES": stores}, cwd=cwd)
-    assert worker.returncode == 3, worker.stderr  # failed keys are recorded: status 3
-    lines = worker.stdout.strip().splitlines()
-    done, failed = map(int, re.match(r"mei worker: (\d+) done, (\d+) errors", lines[0]).groups())
-    assert done + failed == 8 and failed >= 2
-    assert lines[1:] == [
-        f"  {failed} keys failed with: OSError: [Errno 28] No space left on device "
-        "(`mei status lab_pipeline.MEI --errors`)"
-    ]
-    assert "mei worker: a disk is full (the store's, usually)" in worker.stderr
+    # a full store fails every next key too: the batch in hand is recorded once, the worker
+    # stops (exit status 1) instead of computing key after key for nothing
+    assert worker.returncode == 1, worker.stderr
     assert "Traceback" not in worker.stderr
+    line = worker.stderr.strip().splitlines()[-1]  # after the worker's log lines
+    assert line.startswith("mei worker: error: the store 'minio' (file "), line
+    assert str(disk) in line and "is full (no space left on the device" in line
     counts = status(env, cwd)
-    assert (counts["errors"], counts["reserved"]) == (failed, 0)  # nothing left reserved
+    assert counts["errors"] >= 1 and counts["reserved"] == 0  # nothing left reserved
+    assert counts["done"] + counts["errors"] + counts["pending"] == 8
 
 
 def test_a_module_that_configures_datajoint_itself_is_used(lab):
