@@ -1,4 +1,4 @@
-"""Draw one figure per method of the README's "Newer methods" section into docs/images/.
+"""Draw one figure per method of the "Newer methods" page (docs/methods.md) into docs/images/
 
     python scripts/method_figures.py [OUT_DIR]
 
