@@ -6,7 +6,7 @@ Every error a user can cause derives from :class:`MEIError`; configuration probl
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 #: At most this many names are listed in a message; the rest are counted.
@@ -116,3 +116,14 @@ class StoreUnavailableError(MEIError, RuntimeError):
         self.store = store
         self.reason = reason
         self.transient = transient
+
+
+def error_chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the errors it was raised from or during (``__cause__``, else
+    ``__context__``), each once, outermost first."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__

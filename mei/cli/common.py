@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import MEIError, StoreUnavailableError
+from ..errors import MEIError, StoreUnavailableError, error_chain
 
 
 def version() -> str:
@@ -37,15 +37,6 @@ DATABASE_ERROR_MODULES = ("datajoint", "pymysql", "psycopg2")
 """Exceptions from these packages are printed as one line, without a traceback."""
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def describe_error(error: BaseException) -> str | None:
     """One line for an error the user can act on, or ``None`` for a bug (show the traceback).
 
@@ -54,7 +45,7 @@ def describe_error(error: BaseException) -> str | None:
     """
     if isinstance(error, StoreUnavailableError):  # names the store, and what is wrong with it
         return str(error)
-    for cause in _chain(error):
+    for cause in error_chain(error):
         if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
             if cause.filename:
                 return (

@@ -11,9 +11,8 @@ clients: errors are recognized by their type names and codes (botocore and s3fs 
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
 
-from ..errors import StoreUnavailableError
+from ..errors import StoreUnavailableError, error_chain
 
 _LASTING_CODES = {
     "AccessDenied": "refused access",
@@ -63,15 +62,6 @@ _TRANSIENT_ERRNOS = {
 }
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def _code(error: BaseException) -> tuple[str, int]:
     """The S3 error code and HTTP status of a botocore ``ClientError`` or minio ``S3Error``."""
     response = getattr(error, "response", None)
@@ -89,7 +79,7 @@ def fault(error: BaseException) -> str | None:
     """``"transient"`` if ``error`` (raised while a store was written or read) means the store
     is out for now, ``"lasting"`` if it refuses the work until somebody changes a setting,
     ``None`` if it is not the store's doing."""
-    for cause in _chain(error):
+    for cause in error_chain(error):
         if isinstance(cause, StoreUnavailableError):
             return "transient" if cause.transient else "lasting"
         code, status = _code(cause)
@@ -113,7 +103,7 @@ def fault(error: BaseException) -> str | None:
 
 def reason(error: BaseException) -> str:
     """What went wrong with the store, in a few words, from ``error``."""
-    causes = list(_chain(error))
+    causes = list(error_chain(error))
     for cause in causes:  # what the store answered, if it answered
         if isinstance(cause, StoreUnavailableError):
             return cause.reason
