@@ -17,12 +17,14 @@ and store, removed at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 
 import datajoint as dj
 import torch
@@ -106,6 +108,49 @@ def configure_from_environment() -> None:
     dj.config["database.password"] = os.environ.get("DJ_PASS", "")
 
 
+@contextlib.contextmanager
+def _bench_table(neurons: int, channels: int, steps: int, device: str) -> Iterator[tuple]:
+    """The benchmark's lab in a temporary schema and store (removed afterwards), with the
+    method (``NumIterations(steps)`` on ``device``) and a seed: yields ``(MEI, config,
+    inside)``, where ``inside[0]`` accumulates the seconds spent in the engine's runs
+    (``mei.methods.run_batch``, timed around each call; reset it as needed)."""
+    os.environ.setdefault("MEI_QUIET", "1")
+    store = tempfile.mkdtemp(prefix="mei-bench-store-")
+    dj.config["stores"] = {"minio": {"protocol": "file", "location": store}}
+    config = dict(CONFIG, device=device)
+    config["stopper"] = {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": steps}}
+
+    import mei.main
+    import mei.methods
+
+    suffix = uuid.uuid4().hex[:8]
+    mei.main.activate(f"mei_bench_core_{suffix}")
+    schema = dj.Schema(f"mei_bench_{suffix}")
+    run_batch = mei.methods.run_batch
+    inside = [0.0]
+
+    def timed_run_batch(*a, **k):
+        start = time.perf_counter()
+        try:
+            return run_batch(*a, **k)
+        finally:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            inside[0] += time.perf_counter() - start
+
+    try:
+        MEI = declare(schema, neurons, channels)
+        mei.main.MEIMethod().add_method("mei.methods.gradient_ascent", config)
+        mei.main.MEISeed().insert1({"mei_seed": 1})
+        mei.methods.run_batch = timed_run_batch
+        yield MEI, config, inside
+    finally:
+        mei.methods.run_batch = run_batch
+        schema.drop(prompt=False)
+        mei.main.schema.drop(prompt=False)
+        shutil.rmtree(store, ignore_errors=True)
+
+
 def measure(
     *,
     neurons: int = 32,
@@ -120,24 +165,9 @@ def measure(
     batched ``MEI().populate`` on the configured server, in a temporary schema and store
     (removed afterwards). ``reserve_jobs``: populate as a worker does (job reservation).
     Returns the figures: times per MEI or key, MEIs per minute, the overhead per key."""
-    os.environ.setdefault("MEI_QUIET", "1")
-    store = tempfile.mkdtemp(prefix="mei-bench-store-")
-    dj.config["stores"] = {"minio": {"protocol": "file", "location": store}}
-    config = dict(CONFIG, device=device)
-    config["stopper"] = {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": steps}}
-
-    import mei.main
-    import mei.methods
     from mei.methods import gradient_ascent, gradient_ascent_units
 
-    suffix = uuid.uuid4().hex[:8]
-    mei.main.activate(f"mei_bench_core_{suffix}")
-    schema = dj.Schema(f"mei_bench_{suffix}")
-    run_batch = mei.methods.run_batch
-    try:
-        MEI = declare(schema, neurons, channels)
-        mei.main.MEIMethod().add_method("mei.methods.gradient_ascent", config)
-        mei.main.MEISeed().insert1({"mei_seed": 1})
+    with _bench_table(neurons, channels, steps, device) as (MEI, config, inside):
         table = MEI()
         n = neurons
 
@@ -161,19 +191,6 @@ def measure(
                 dataloaders, models[0].model, config, 1, units, batch_size=batch_size
             )
 
-        inside = [0.0]  # seconds spent in the engine's runs since the last reset
-
-        def timed_run_batch(*a, **k):
-            start = time.perf_counter()
-            try:
-                return run_batch(*a, **k)
-            finally:
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                inside[0] += time.perf_counter() - start
-
-        mei.methods.run_batch = timed_run_batch
-
         def timed(fn):
             inside[0] = 0.0
             start = time.perf_counter()
@@ -195,11 +212,6 @@ def measure(
             )
             assert len(MEI()) == n
             MEI().delete_quick()
-    finally:
-        mei.methods.run_batch = run_batch
-        schema.drop(prompt=False)
-        mei.main.schema.drop(prompt=False)
-        shutil.rmtree(store, ignore_errors=True)
     engine, engine_batched_s, unbatched, batched = (
         min(total for total, _ in results[k])
         for k in ("engine", "engine_batched", "unbatched", "batched")
@@ -239,36 +251,8 @@ def meis_per_hour(
     runs is scaled by ``(target_steps + 1) / (steps + 1)`` and the rest (database, store,
     model, selector; it does not grow with the steps) is kept as measured. ``capture``: the
     table's ``capture`` (:mod:`mei.capture`)."""
-    os.environ.setdefault("MEI_QUIET", "1")
-    store = tempfile.mkdtemp(prefix="mei-bench-store-")
-    dj.config["stores"] = {"minio": {"protocol": "file", "location": store}}
-    config = dict(CONFIG, device=device)
-    config["stopper"] = {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": steps}}
-
-    import mei.main
-    import mei.methods
-
-    suffix = uuid.uuid4().hex[:8]
-    mei.main.activate(f"mei_bench_core_{suffix}")
-    schema = dj.Schema(f"mei_bench_{suffix}")
-    run_batch = mei.methods.run_batch
-    inside = [0.0]
-
-    def timed_run_batch(*a, **k):
-        start = time.perf_counter()
-        try:
-            return run_batch(*a, **k)
-        finally:
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            inside[0] += time.perf_counter() - start
-
     figures = []
-    try:
-        MEI = declare(schema, max(batch_sizes), channels)
-        mei.main.MEIMethod().add_method("mei.methods.gradient_ascent", config)
-        mei.main.MEISeed().insert1({"mei_seed": 1})
-        mei.methods.run_batch = timed_run_batch
+    with _bench_table(max(batch_sizes), channels, steps, device) as (MEI, config, inside):
         table = MEI()
         table.capture = capture
         table.populate("neuron_id < 2", batch_size=2)  # warm up: model, kernels, queries
@@ -294,11 +278,6 @@ def meis_per_hour(
                     "share_outside_engine": outside / at_target,
                 }
             )
-    finally:
-        mei.methods.run_batch = run_batch
-        schema.drop(prompt=False)
-        mei.main.schema.drop(prompt=False)
-        shutil.rmtree(store, ignore_errors=True)
     return figures
 
 
