@@ -82,6 +82,21 @@ class JobQueue:
     def reserve(self, key: Key) -> bool:
         raise NotImplementedError
 
+    def available(self, keys: list[Key]) -> list[Key]:
+        """Those of ``keys`` that are still to be done and that nobody holds: one query."""
+        raise NotImplementedError
+
+    def reserve_many(self, keys: list[Key]) -> list[Key]:
+        """Reserve those of ``keys`` still available; return the keys this worker now holds.
+
+        A worker lists the pending keys once and then takes them batch by batch: the keys
+        other workers took or finished since are dropped with one query per batch instead of
+        a failed reservation each.
+        """
+        if len(keys) > 1:
+            keys = self.available(keys)
+        return [key for key in keys if self.reserve(key)]
+
     def complete(self, key: Key) -> None:
         raise NotImplementedError
 
@@ -181,6 +196,11 @@ class _JobQueue2(JobQueue):
     def reserve(self, key: Key) -> bool:
         return bool(self.jobs.reserve(key))
 
+    def available(self, keys: list[Key]) -> list[Key]:
+        # a pending job row exists exactly for the keys still to do that nobody holds
+        rows = self.jobs.pending & [self._key(k) for k in keys]
+        return self._keys_of(rows.to_dicts(), keys)
+
     def complete(self, key: Key) -> None:
         self.jobs.complete(key)
 
@@ -259,6 +279,28 @@ class _JobQueue014(JobQueue):
 
     def reserve(self, key: Key) -> bool:
         return bool(self.jobs.reserve(self.table_name, key))
+
+    def available(self, keys: list[Key]) -> list[Key]:
+        from datajoint.hash import key_hash
+
+        held = set(
+            (self._table_jobs() & [{"key_hash": key_hash(k)} for k in keys]).fetch("key_hash")
+        )
+        done = {key_hash(k) for k in (self.table & keys).fetch("KEY")}
+        return [k for k in keys if key_hash(k) not in held | done]
+
+    def reserve_many(self, keys: list[Key]) -> list[Key]:
+        # 0.14 deletes a finished key's job row, so a reservation of a key another worker
+        # finished a moment ago succeeds: check the table after reserving, as DataJoint does
+        from datajoint.hash import key_hash
+
+        taken = super().reserve_many(keys)
+        finished = list((self.table & taken).fetch("KEY")) if taken else []
+        if finished:
+            self.complete_many(finished)
+            done = {key_hash(k) for k in finished}
+            taken = [k for k in taken if key_hash(k) not in done]
+        return taken
 
     def complete(self, key: Key) -> None:
         self.jobs.complete(self.table_name, key)

@@ -389,7 +389,7 @@ def _populate(
             batch = batch[: total - done - len(errors)]
             if queue is not None:
                 be.sync_session(table.connection)  # DataJoint may have reconnected on its own
-            taken = [k for k in batch if queue is None or queue.reserve(k)]
+            taken = batch if queue is None else queue.reserve_many(batch)
             if not taken:
                 continue
             pending_keys = list(taken)

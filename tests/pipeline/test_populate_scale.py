@@ -320,3 +320,46 @@ def test_a_sigterm_while_the_worker_starts_stops_it_before_it_reserves(
     assert summary["stopped_by"] == "SIGTERM" and summary["success_count"] == 0
     assert len(lab.MEI()) == 0 and labs.jobs(lab, "reserved") == []
     assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
+
+
+def test_keys_another_worker_finished_meanwhile_are_neither_reserved_nor_computed(
+    make_lab, mei_main, start_worker, monkeypatch
+):
+    """A worker lists the pending keys once, then works through them batch by batch: keys that
+    other workers took or finished since are skipped with one query per batch, not reserved one
+    by one (DataJoint 0.14 deletes a finished key's job row, so reserving it again succeeds and
+    its MEI was computed a second time and thrown away)."""
+    from mei.dj import populate as populate_module
+
+    lab = scale_lab(make_lab, mei_main, n_units=6, broken=False)
+    computed, reserve_calls = [], []
+    compute = populate_module.run.compute
+
+    def counting_compute(table, keys, **kwargs):
+        computed.extend(keys)
+        return compute(table, keys, **kwargs)
+
+    monkeypatch.setattr(populate_module.run, "compute", counting_compute)
+    queue_class = type(backend().jobs(lab.MEI()))
+    reserve = queue_class.reserve
+
+    def counting_reserve(self, key):
+        reserve_calls.append(key)
+        return reserve(self, key)
+
+    monkeypatch.setattr(queue_class, "reserve", counting_reserve)
+
+    finished_by_other = []
+
+    def other_worker_finishes_everything():  # polled before each batch: the list is stale
+        if not finished_by_other:
+            finished_by_other.append(start_worker("--batch-size", "6").finish())
+        return False
+
+    result = populate_module.populate(
+        lab.MEI(), reserve_jobs=True, batch_size=2, stop=other_worker_finishes_everything
+    )
+    assert finished_by_other[0]["done"] == 6
+    assert result["success_count"] == 0 and result["error_list"] == []
+    assert computed == [] and reserve_calls == []
+    assert len(lab.MEI()) == 6 and labs.jobs(lab, "reserved") == []
