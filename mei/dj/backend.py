@@ -95,7 +95,22 @@ class JobQueue:
         """
         if len(keys) > 1:
             keys = self.available(keys)
-        return [key for key in keys if self.reserve(key)]
+        taken = [key for key in keys if self.reserve(key)]
+        # A key finished a moment ago may still be reservable (0.14 deletes a finished key's
+        # job row; a key computed without the queue keeps its pending row): look, as
+        # DataJoint's populate does, and close its job
+        finished = self._keys_in_table(taken)
+        if finished:
+            self.complete_many(finished)
+            taken = [key for key in taken if key not in finished]
+        return taken
+
+    def _keys_in_table(self, keys: list[Key]) -> list[Key]:
+        """Those of ``keys`` that have a row in the table."""
+        if not keys:
+            return []
+        present = {_key_id(k) for k in backend().keys(self.table & keys)}
+        return [key for key in keys if _key_id(key) in present]
 
     def complete(self, key: Key) -> None:
         raise NotImplementedError
@@ -186,7 +201,30 @@ class _JobQueue2(JobQueue):
     def _key(self, row: Mapping[str, Any]) -> Key:
         return {n: row[n] for n in self.table.primary_key}
 
+    def _add_new_jobs(self) -> None:
+        """Add a pending job row for each key to do that has none, in one statement.
+
+        DataJoint's ``refresh`` inserts them one by one: every worker that starts while they
+        are being added tries (and fails) to insert the same rows. Its refresh then finds
+        nothing new and only cleans up.
+        """
+        from datajoint.condition import Not
+
+        jobs, target = self.jobs, self.table
+        if not jobs.is_declared:
+            _declare_concurrently(jobs)
+        new = (target.key_source - target.proj()).restrict(Not(jobs), semantic_check=False)
+        keys = new.proj().keys()
+        if not keys:
+            return
+        now = jobs.adapter.interval_expr(-1, "second")  # refresh(delay=-1): due at once
+        due = jobs.connection.query(f"SELECT CURRENT_TIMESTAMP(3) + {now}").fetchone()[0]
+        priority = jobs.connection._config.jobs.default_priority
+        rows = [dict(k, status="pending", priority=priority, scheduled_time=due) for k in keys]
+        jobs.insert(rows, ignore_extra_fields=True, skip_duplicates=True)
+
     def pending(self, todo: Any) -> list[Key]:
+        self._add_new_jobs()
         self.jobs.refresh(delay=-1)
         pending = (self.jobs.pending & "scheduled_time <= CURRENT_TIMESTAMP(3)").restrict(
             todo, semantic_check=False
@@ -198,7 +236,11 @@ class _JobQueue2(JobQueue):
 
     def available(self, keys: list[Key]) -> list[Key]:
         # a pending job row exists exactly for the keys still to do that nobody holds
-        rows = self.jobs.pending & [self._key(k) for k in keys]
+        from datajoint.condition import Not
+
+        rows = (self.jobs.pending & [self._key(k) for k in keys]).restrict(
+            Not(self.table.proj()), semantic_check=False
+        )
         return self._keys_of(rows.to_dicts(), keys)
 
     def complete(self, key: Key) -> None:
@@ -289,19 +331,6 @@ class _JobQueue014(JobQueue):
         done = {key_hash(k) for k in (self.table & keys).fetch("KEY")}
         return [k for k in keys if key_hash(k) not in held | done]
 
-    def reserve_many(self, keys: list[Key]) -> list[Key]:
-        # 0.14 deletes a finished key's job row, so a reservation of a key another worker
-        # finished a moment ago succeeds: check the table after reserving, as DataJoint does
-        from datajoint.hash import key_hash
-
-        taken = super().reserve_many(keys)
-        finished = list((self.table & taken).fetch("KEY")) if taken else []
-        if finished:
-            self.complete_many(finished)
-            done = {key_hash(k) for k in finished}
-            taken = [k for k in taken if key_hash(k) not in done]
-        return taken
-
     def complete(self, key: Key) -> None:
         self.jobs.complete(self.table_name, key)
 
@@ -353,6 +382,11 @@ class _JobQueue014(JobQueue):
             dict(r, key=dict(r["key"]))
             for r in (self._table_jobs() & {"status": "error"}).fetch(as_dict=True)
         ]
+
+
+def _key_id(key: Mapping[str, Any]) -> str:
+    """A key's values as one comparable string (0.14 fetches numpy integers)."""
+    return json.dumps({str(k): str(v) for k, v in key.items()}, sort_keys=True)
 
 
 def _declare_concurrently(jobs: Any, attempts: int = 10) -> None:

@@ -158,6 +158,50 @@ def test_job_queue_reserves_completes_fails_and_releases(lab, mei_main):
     assert keys[0] not in pending and keys[3] in pending
 
 
+def _statements(connection, monkeypatch) -> list[str]:
+    """The SQL statements ``connection`` sends from now on (its ``query`` wrapped, still run)."""
+    sent: list[str] = []
+    query = connection.query
+
+    def recording(sql, *args, **kwargs):
+        sent.append(str(sql).lstrip().split(None, 1)[0].upper())
+        return query(sql, *args, **kwargs)
+
+    monkeypatch.setattr(connection, "query", recording)
+    return sent
+
+
+@pytest.mark.generation(2)
+def test_pending_adds_the_job_rows_in_one_statement(schema, mei_main, monkeypatch):
+    """DataJoint 2.x's refresh inserts a job row per key: every worker starting meanwhile
+    tried (and failed) to insert the same rows; one multi-row insert leaves no such window."""
+    lab = run_path_lab.declare(schema, n_units=24)
+    _method(mei_main)
+    mei_main.MEISeed().insert1({"mei_seed": 1})
+    table = lab.MEI()
+    queue = backend().jobs(table)
+    sent = _statements(table.connection, monkeypatch)
+    keys = queue.pending(backend().todo(table, ()))
+    assert len(keys) == 24 and sent.count("INSERT") == 1
+    sent.clear()
+    assert queue.pending(backend().todo(table, ())) == keys and sent.count("INSERT") == 0
+
+
+def test_reserve_many_takes_only_keys_nobody_holds_or_finished(lab, mei_main):
+    _method(mei_main)
+    mei_main.MEISeed().insert1({"mei_seed": 1})
+    table = lab.MEI()
+    queue = backend().jobs(table)
+    keys = queue.pending(backend().todo(table, ()))
+    assert queue.reserve(keys[0])
+    table.populate(keys[1])  # finished without a reservation: no job row on either generation
+    assert queue.available(keys[:4]) == keys[2:4]
+    assert queue.reserve_many(keys[:4]) == keys[2:4]
+    assert sorted(r["key"]["neuron_id"] for r in queue.reserved()) == sorted(
+        k["neuron_id"] for k in (keys[0], *keys[2:4])
+    )
+
+
 def test_files_of_a_key_without_a_row_are_removed(lab, mei_main, store):
     _method(mei_main)
     mei_main.MEISeed().insert1({"mei_seed": 1})
