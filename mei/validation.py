@@ -10,7 +10,8 @@ plain PyTorch models and dataloaders (no database):
   responses to them, from one pass over the dataloaders (read batch by batch, on the device).
 - :func:`validate_meis`: both, for several validating models, with each MEI's response as a
   fraction of its unit's best natural image's response (:class:`ValidationResult`).
-- :func:`read_images` reads the images at given dataset indices back, e.g. to show them
+- :func:`check_mei_shape` checks that MEIs have the dataset's image shape; :func:`read_images`
+  reads the images at given dataset indices back, e.g. to show them
   (:func:`mei.plot.plot_validation`); :func:`ensemble_members` names the members of an
   :class:`~mei.modules.EnsembleModel` to score on each alone.
 
@@ -40,6 +41,7 @@ from .typing import Dataloaders
 __all__ = [
     "NaturalImages",
     "ValidationResult",
+    "check_mei_shape",
     "ensemble_members",
     "read_images",
     "score_meis",
@@ -107,7 +109,7 @@ def _check_units(units: Any, n_outputs: int | None = None, *, argument: str = "u
                 f"{argument}[{i}] must be an integer unit index, got {shorten(unit)}",
                 argument=argument,
             )
-        if unit < 0 or (n_outputs is not None and unit >= n_outputs):
+        if int(unit) < 0 or (n_outputs is not None and int(unit) >= n_outputs):
             limit = f"0 .. {n_outputs - 1}" if n_outputs is not None else ">= 0"
             raise InputError(
                 f"{argument}[{i}] = {int(unit)} is out of range: the model has "
@@ -118,6 +120,12 @@ def _check_units(units: Any, n_outputs: int | None = None, *, argument: str = "u
     if not checked:
         raise InputError(f"{argument} is empty: give at least one unit", argument=argument)
     return checked
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or int(k) < 1:
+        raise InputError(f"k must be a positive integer, got {shorten(k)}", argument="k")
+    return int(k)
 
 
 def _responses(output: Any, where: str) -> Tensor:
@@ -221,9 +229,7 @@ def _stack_meis(meis: Tensor | Sequence[Tensor]) -> Tensor:
 
 
 # --------------------------------------------------------------------------- natural images
-def _loader(
-    dataloaders: Dataloaders | Any, tier: str, data_key: str | None
-) -> tuple[Any, str]:
+def _loader(dataloaders: Dataloaders | Any, tier: str, data_key: str | None) -> tuple[Any, str]:
     """The loader of ``tier`` and ``data_key`` and a name for it in messages."""
     if not isinstance(dataloaders, Mapping):
         if dataloaders is None or isinstance(dataloaders, (str, bytes)):
@@ -340,8 +346,7 @@ def top_natural_images(
     ``k`` is not a positive integer or a unit is out of range (checked on the first batch,
     before the rest is read).
     """
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise InputError(f"k must be a positive integer, got {shorten(k)}", argument="k")
+    k = _check_k(k)
     kwargs = dict(forward_kwargs or {})
     loader, where = _loader(dataloaders, tier, data_key or _data_key(kwargs))
     on = _device_of(model, device)
@@ -371,9 +376,7 @@ def top_natural_images(
     if best_responses is None or best_indices is None or chosen is None:
         raise InputError(f"{where} yields no images", argument="dataloaders")
     if n_images < k:
-        raise InputError(
-            f"{where} holds {n_images} images, fewer than k = {k}", argument="k"
-        )
+        raise InputError(f"{where} holds {n_images} images, fewer than k = {k}", argument="k")
     return NaturalImages(chosen, best_indices.cpu(), best_responses.detach().cpu(), n_images)
 
 
@@ -397,9 +400,7 @@ def read_images(
     if dataset_indices is not None:
         missing = sorted(needed - set(dataset_indices))
         if missing:
-            raise InputError(
-                f"{where} holds no image at index {missing[0]}", argument="indices"
-            )
+            raise InputError(f"{where} holds no image at index {missing[0]}", argument="indices")
         collate = getattr(loader, "collate_fn", None) or torch.utils.data.default_collate
         for i in needed:
             found[i] = _images_of(collate([loader.dataset[i]]), where)[0]
@@ -410,12 +411,33 @@ def read_images(
                     found[i] = image
         missing = sorted(needed - set(found))
         if missing:
-            raise InputError(
-                f"{where} holds no image at index {missing[0]}", argument="indices"
-            )
+            raise InputError(f"{where} holds no image at index {missing[0]}", argument="indices")
     if not flat:
         return torch.empty((*wanted.shape, 0))
     return torch.stack([found[i] for i in flat]).reshape(*wanted.shape, *found[flat[0]].shape)
+
+
+def check_mei_shape(
+    meis: Tensor | Sequence[Tensor],
+    dataloaders: Dataloaders | Any,
+    *,
+    tier: str = "train",
+    data_key: str | None = None,
+) -> None:
+    """Raise :class:`~mei.errors.InputError` unless the MEIs have the shape of the images of
+    the loader of ``tier`` and ``data_key`` (or that loader yields no images); reads one
+    batch."""
+    batch = _stack_meis(meis)
+    loader, where = _loader(dataloaders, tier, data_key)
+    first = next(_indexed_batches(loader, where), None)
+    if first is None or len(first[1]) == 0:
+        raise InputError(f"{where} yields no images", argument="dataloaders")
+    if tuple(first[1].shape[1:]) != tuple(batch.shape[1:]):
+        raise InputError(
+            f"the MEIs are of shape {tuple(batch.shape[1:])}, the images of {where} of shape "
+            f"{tuple(first[1].shape[1:])}: the MEIs must have the dataset's image shape",
+            argument="meis",
+        )
 
 
 # --------------------------------------------------------------------------- both
@@ -427,7 +449,7 @@ def ensemble_members(model: nn.Module) -> dict[str, nn.Module]:
     return {"model": model}
 
 
-def _named(models: Mapping[str, nn.Module] | Sequence[nn.Module] | nn.Module) -> dict[str, Any]:
+def _named(models: Any) -> dict[str, Any]:
     if isinstance(models, nn.Module):
         return {"model": models}
     if isinstance(models, Mapping):
@@ -481,20 +503,8 @@ def validate_meis(
             f"{len(chosen)} units",
             argument="units",
         )
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise InputError(f"k must be a positive integer, got {shorten(k)}", argument="k")
-    loader, where = _loader(
-        dataloaders, tier, data_key if data_key is not None else _data_key(forward_kwargs)
-    )
-    first = next(_indexed_batches(loader, where), None)
-    if first is None or len(first[1]) == 0:
-        raise InputError(f"{where} yields no images", argument="dataloaders")
-    if tuple(first[1].shape[1:]) != tuple(batch.shape[1:]):
-        raise InputError(
-            f"the MEIs are of shape {tuple(batch.shape[1:])}, the images of {where} of shape "
-            f"{tuple(first[1].shape[1:])}: the MEIs must have the dataset's image shape",
-            argument="meis",
-        )
+    k = _check_k(k)
+    check_mei_shape(batch, dataloaders, tier=tier, data_key=data_key or _data_key(forward_kwargs))
     # every model scores the MEIs first: a unit out of range fails before the dataset is read
     scores = [
         score_meis(m, batch, chosen, forward_kwargs=forward_kwargs, device=device)
@@ -524,4 +534,3 @@ def validate_meis(
         n_images=natural[0].n_images,
         meis=batch.cpu(),
     )
-
