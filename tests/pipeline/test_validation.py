@@ -164,11 +164,82 @@ def test_a_diverged_validating_model_fails_its_keys_alone_and_writes_nothing(sch
     lab = meis
     Plain, Batched, _ = _declare(schema, lab)
     diverged = {**lab.keys["diverging"]}
-    result = Batched().populate(batch_size=8, suppress_errors=True)
+    result = Batched().populate(batch_size=8, suppress_errors=True, reserve_jobs=True)
     errors = result["error_list"]
     assert len(errors) == 2 * N_UNITS  # the diverging trainer's two models x every MEI
     assert all("NonFiniteError" in message for _, message in errors)
     assert len(Batched()) == 2 * N_UNITS and not (Batched() & diverged)
+    assert len(_error_jobs(lab, Batched())) == 2 * N_UNITS  # recorded in the job queue
     with pytest.raises(NonFiniteError, match="not finite"):
         Plain().populate(diverged)
     assert len(Plain()) == 0
+
+
+def _error_jobs(lab, table):
+    """The error records of ``table``'s jobs (2.x: its own jobs table; 0.14: the schema's)."""
+    if lab.generation == 2:
+        return table.jobs.errors.to_dicts()
+    query = lab.jobs_table & {"table_name": table.table_name, "status": "error"}
+    return query.fetch(as_dict=True)
+
+
+def _probe_table(schema, lab, images_side):
+    """A validating model table whose models break the rules: probe 1 has only two output
+    units (the third neuron's unit is out of range), probe 2 loaders of other images (4 x 4),
+    probe 3 loaders without images."""
+    import datajoint as dj
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Probe(dj.Manual):
+        definition = """
+        -> self.dataset_table
+        probe_id : int
+        """
+        dataset_table = lab.Dataset
+
+        def load_model(self, key=None, include_dataloader=True, include_state_dict=True):
+            probe, side = int(key["probe_id"]), images_side
+            n_units = 2 if probe == 1 else N_UNITS
+            n_images = 0 if probe == 3 else 16
+            if probe == 2:
+                side = 4
+            images = torch.randn(n_images, 1, side, side, generator=torch.Generator())
+            loaders = {"train": {"all": DataLoader(TensorDataset(images), batch_size=8)}}
+            model = torch.nn.Sequential(
+                torch.nn.Flatten(), torch.nn.LazyLinear(n_units) if probe == 2 else
+                torch.nn.Linear(images_side * images_side, n_units)
+            )  # fmt: skip
+            return loaders, model
+
+    schema(Probe)
+    Probe.insert([{**lab.dataset_key, "probe_id": p} for p in (1, 2, 3)])
+    return Probe
+
+
+def test_bad_validating_models_fail_their_keys_with_a_typed_error_naming_the_value(schema, meis):
+    lab = meis
+    side = lab.MEI().load_mei(backend().keys(lab.MEI())[0]).shape[-1]
+    Probe = _probe_table(schema, lab, side)
+
+    class ProbeValidation(MEIValidationTemplate):
+        mei_table = lab.MEI
+        validating_model_table = Probe
+        top_k = 2
+
+    schema(ProbeValidation)
+    result = ProbeValidation().populate(batch_size=8, suppress_errors=True)
+    messages = {}
+    for key, message in result["error_list"]:
+        messages.setdefault(int(key["probe_id"]), []).append((key["neuron_id"], message))
+    # probe 1: only the neuron whose unit is out of range fails; the others are stored
+    [(neuron, message)] = messages[1]
+    assert neuron == 100 + N_UNITS - 1
+    assert "InputError" in message and f"= {N_UNITS - 1} is out of range" in message
+    assert "the model has 2 output units" in message
+    assert len(ProbeValidation() & {"probe_id": 1}) == N_UNITS - 1
+    # probe 2: images of another shape than the MEIs; probe 3: no images at all
+    assert len(messages[2]) == N_UNITS and len(messages[3]) == N_UNITS
+    assert all(f"MEIs are of shape (1, {side}, {side})" in m for _, m in messages[2])
+    assert all("(1, 4, 4)" in m for _, m in messages[2])
+    assert all("yields no images" in m for _, m in messages[3])
+    assert not ProbeValidation() & [{"probe_id": 2}, {"probe_id": 3}]  # nothing written
