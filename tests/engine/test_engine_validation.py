@@ -264,3 +264,18 @@ def test_model_modes_are_restored():
     score_meis(model, torch.zeros(1, 1, SIDE, SIDE), [0])
     top_natural_images(model, _loaders(_pixels()), k=1)
     assert model.training
+
+
+def test_one_forward_pass_for_all_meis_and_one_pass_over_the_loader_for_all_units():
+    model = _model(4)
+    calls = []
+    model.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    score_meis(model, _integers(8, 6, 1, SIDE, SIDE), [0, 1, 2, 3, 0, 1])
+    assert calls == [6]
+    calls.clear()
+    top_natural_images(model, _loaders(_pixels()), k=2)  # 10 images, batches of 3
+    assert calls == [3, 3, 3, 1]
+    calls.clear()
+    validate_meis([model, _model(5)], _integers(8, 6, 1, SIDE, SIDE), [0, 1, 2, 3, 0, 1],
+                  _loaders(_pixels()), k=2)  # fmt: skip
+    assert calls == [6, 3, 3, 3, 1]  # the hook is on the first model only

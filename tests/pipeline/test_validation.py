@@ -82,16 +82,40 @@ def _same_rows(a, b):
                 assert x[name] == y[name], name
 
 
+def _counting(monkeypatch):
+    """Count the engine calls the validation tables make (the real functions run)."""
+    import mei.dj.run
+
+    calls = {"score_meis": [], "top_natural_images": 0}
+
+    def score(model, meis, units, **kwargs):
+        calls["score_meis"].append(len(meis))
+        return score_meis(model, meis, units, **kwargs)
+
+    def natural(*args, **kwargs):
+        calls["top_natural_images"] += 1
+        return top_natural_images(*args, **kwargs)
+
+    monkeypatch.setattr(mei.dj.run, "score_meis", score)
+    monkeypatch.setattr(mei.dj.run, "top_natural_images", natural)
+    return calls
+
+
 def test_each_mei_is_scored_on_every_trained_model_and_against_its_best_natural_images(
-    schema, meis
+    schema, meis, monkeypatch
 ):
     lab = meis
     Plain, Batched, _ = _declare(schema, lab)
     fitting = {**lab.keys["trainer"]}
+    calls = _counting(monkeypatch)
     Plain().populate(fitting)
     assert len(Plain()) == N_UNITS * 2  # every MEI x the fitting trainer's two models
+    # one key at a time, but the dataset is read once per model (for all its units)
+    assert calls == {"score_meis": [1] * 2 * N_UNITS, "top_natural_images": 2}
     # three MEIs of one model and session in one forward pass: the same rows
+    calls = _counting(monkeypatch)
     Batched().populate(fitting, batch_size=N_UNITS)
+    assert calls == {"score_meis": [N_UNITS, N_UNITS], "top_natural_images": 2}
     _same_rows(_rows(Plain()), _rows(Batched()))
     assert Plain.validating_renames() == {}  # the trained models share only the dataset
 
