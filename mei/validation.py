@@ -32,7 +32,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import IterableDataset
+from torch.utils.data import (
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    WeightedRandomSampler,
+)
 
 from .errors import InputError, ModelError, shorten
 from .modules import EnsembleModel
@@ -302,7 +307,12 @@ def _dataset_indices(loader: Any) -> list[int] | None:
     sampler = getattr(loader, "sampler", None)
     indices = getattr(sampler, "indices", None)  # SubsetRandomSampler, NNFabrik's samplers
     if indices is None:
-        indices = list(sampler) if sampler is not None else range(len(dataset))
+        if sampler is None or isinstance(
+            sampler, (SequentialSampler, RandomSampler, WeightedRandomSampler)
+        ):
+            indices = range(len(dataset))  # the whole dataset (even if drawn with replacement)
+        else:  # a lab's own sampler: the indices one pass draws
+            indices = list(sampler)
     return sorted({int(i) for i in indices})
 
 

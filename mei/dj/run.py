@@ -552,7 +552,10 @@ def _check_validation(key: Key, outcome: ValidationOutcome) -> ValidationOutcome
 
 
 def _validate_group(
-    table: Any, keys: Sequence[Key], device: Any
+    table: Any,
+    keys: Sequence[Key],
+    device: Any,
+    fatal: Callable[[BaseException], bool] | None = None,
 ) -> list[ValidationOutcome | Exception]:
     """The keys of one validating model: MEIs of one session in one forward pass, the
     natural images ranked once per session for all the model's units."""
@@ -585,6 +588,8 @@ def _validate_group(
                 alone = _Column(selected)
                 outcomes[i] = _validate_alone(table, key, alone, mei, dataloaders, device)
         except Exception as e:
+            if fatal is not None and fatal(e):
+                raise
             e.__mei_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
             outcomes[i] = e
     for name, items in sessions.items():
@@ -660,7 +665,7 @@ def validate(
         while parts:
             part = parts.pop(0)
             try:
-                results = _validate_group(table, [keys[i] for i in part], device)
+                results = _validate_group(table, [keys[i] for i in part], device, fatal)
             except Exception as e:
                 if fatal is not None and fatal(e):
                     raise

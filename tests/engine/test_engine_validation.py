@@ -7,7 +7,13 @@ batched and one-by-one results must be equal, not just close."""
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
+from torch.utils.data import (
+    DataLoader,
+    RandomSampler,
+    SubsetRandomSampler,
+    TensorDataset,
+    WeightedRandomSampler,
+)
 
 from mei.errors import InputError, ModelError
 from mei.modules import EnsembleModel
@@ -142,6 +148,20 @@ def test_indices_are_dataset_indices_of_the_loaders_subset():
     assert torch.equal(images[0, 0].flatten(), pixels[natural.indices[0, 0]])
     with pytest.raises(InputError, match="no image at index 0"):
         read_images(loaders, [0])
+
+
+def test_samplers_drawing_with_replacement_rank_the_whole_dataset():
+    pixels = _pixels()
+    dataset = _loaders(pixels)["train"]["session"].dataset
+    expected = top_natural_images(_pixel_model(), _loaders(pixels), k=3)
+    for sampler in (
+        RandomSampler(dataset, replacement=True, num_samples=4),
+        WeightedRandomSampler(torch.ones(N_IMAGES), num_samples=3),
+    ):
+        loaders = {"train": {"session": DataLoader(dataset, sampler=sampler, batch_size=3)}}
+        natural = top_natural_images(_pixel_model(), loaders, k=3)
+        assert torch.equal(natural.indices, expected.indices)
+        assert natural.n_images == N_IMAGES
 
 
 def test_ties_go_to_the_lower_index_and_a_plain_iterable_is_indexed_by_position():
