@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..capture import capturing
 from ..config import check_seed
-from ..errors import ComponentError, ConfigError, NonFiniteError, shorten
+from ..errors import ComponentError, ConfigError, ModelError, NonFiniteError, shorten
 from ..import_helpers import resolve_path
 from ..modules import ConstrainedOutputModel
 from ..validation import NaturalImages, check_mei_shape, score_meis, top_natural_images
@@ -505,7 +505,9 @@ def compute(
 # --------------------------------------------------------------------------- validation
 class _Column(nn.Module):
     """A selected model as a one-unit model ``(B, ...) -> (B, 1)``: how a key whose selector
-    does not pick an int unit of the model (a ``target_fn``, a lab's own wrapper) is scored."""
+    does not pick a plain int unit of the model (a ``target_fn``, a lab's own wrapper) is
+    scored. A selected model that reduces the batch (``target_fn=torch.mean``) is called once
+    per input; one that gives several values per input raises :class:`~mei.errors.ModelError`."""
 
     def __init__(self, selected: Any):
         super().__init__()
@@ -513,7 +515,17 @@ class _Column(nn.Module):
 
     def forward(self, x: Tensor, **kwargs: Any) -> Tensor:
         output = self.selected(x, **kwargs)
-        return output.reshape(len(x), -1) if isinstance(output, Tensor) else output
+        if not isinstance(output, Tensor) or output.dim() == 0 or output.shape[0] != len(x):
+            output = torch.stack(
+                [torch.as_tensor(self.selected(x[i : i + 1], **kwargs)) for i in range(len(x))]
+            )
+        column = output.reshape(len(x), -1)
+        if column.shape[1] != 1:
+            raise ModelError(
+                f"the selector's model ({type(self.selected).__name__}) gives "
+                f"{column.shape[1]} values per input; validating an MEI needs one (its unit's)"
+            )
+        return column
 
 
 NATURAL_CACHE_SIZE = 16

@@ -13,7 +13,7 @@ from mei_testkit import METHOD_CONFIG, N_UNITS, NORM
 
 from mei.dj.backend import backend
 from mei.errors import NonFiniteError
-from mei.main import MEIValidationTemplate
+from mei.main import MEITemplate, MEIValidationTemplate
 from mei.modules import ConstrainedOutputModel
 from mei.validation import read_images, score_meis, top_natural_images
 
@@ -267,3 +267,45 @@ def test_bad_validating_models_fail_their_keys_with_a_typed_error_naming_the_val
     assert all("(1, 4, 4)" in m for _, m in messages[2])
     assert all("yields no images" in m for _, m in messages[3])
     assert not ProbeValidation() & [{"probe_id": 2}, {"probe_id": 3}]  # nothing written
+
+
+def test_a_selector_with_a_target_fn_is_scored_one_input_at_a_time(schema, meis):
+    """A lab's selector that reduces with ``target_fn=torch.mean`` (a batch to one number):
+    its MEIs are scored through the selector's own model, one input at a time, and get the
+    unit's response."""
+    import datajoint as dj
+
+    lab = meis
+
+    class MeanSelector(dj.Computed):
+        definition = lab.Selector.definition
+        dataset_table = lab.Dataset
+        make = lab.Selector.make
+
+        def get_output_selected_model(self, model, key):
+            unit = (self & key).fetch1("output_unit")
+            return ConstrainedOutputModel(model, unit, target_fn=torch.mean)
+
+    class MeanMEI(MEITemplate):
+        trained_model_table = lab.TrainedEnsembleModel
+        selector_table = MeanSelector
+
+    class MeanValidation(MEIValidationTemplate):
+        mei_table = MeanMEI
+        validating_model_table = lab.TrainedEnsembleModel
+        top_k = 2
+
+    for table in (MeanSelector, MeanMEI, MeanValidation):
+        schema(table)
+    MeanSelector().populate()
+    MeanMEI().populate(lab.first)
+    MeanValidation().populate({"validating_ensemble_hash": lab.second["ensemble_hash"]})
+    rows = _rows(MeanValidation())
+    assert len(rows) == N_UNITS
+    loaders, second = lab.TrainedEnsembleModel().load_model(lab.second)
+    for row in rows:
+        unit = row["neuron_id"] - 100
+        mei = MeanMEI().load_mei(row)
+        assert row["mei_response"] == pytest.approx(float(second(mei)[0, unit]), rel=1e-5)
+        natural = top_natural_images(second, loaders, [unit], k=2)
+        assert list(row["natural_indices"]) == natural.indices[0].tolist()
