@@ -12,7 +12,8 @@ Each image is scaled on its own: gray and per-channel panels symmetrically aroun
 mid-gray, so the sign of every pixel stays visible; a caption under the figure says so), RGB
 images to the full ``[0, 1]`` range. Spatio-temporal MEIs ``(B, C, T, H, W)`` go to
 :func:`plot_frames` and :func:`save_gif`. Optimization traces (:func:`plot_trace`) show each
-run as a line, or, for many runs, their median and range.
+run as a line, or, for many runs, their median and range. :func:`plot_validation` shows MEIs
+beside their units' best natural images and their responses on several models.
 """
 
 from __future__ import annotations
@@ -39,11 +40,14 @@ except ImportError as e:  # pragma: no cover - exercised by a test that hides ma
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+    from .validation import ValidationResult
+
 __all__ = [
     "plot_frames",
     "plot_mei_pairs",
     "plot_meis",
     "plot_trace",
+    "plot_validation",
     "save_figure",
     "save_gif",
 ]
@@ -595,3 +599,80 @@ def save_gif(meis: Any, path: str | Path, *, fps: float = 5.0, scale: int | None
         optimize=False,
     )
     return path
+
+
+def plot_validation(
+    result: ValidationResult,
+    natural_images: Any = None,
+    *,
+    model: int = 0,
+    titles: Sequence[str] | None = None,
+    suptitle: str | None = None,
+    caption: str | bool = True,
+    path: str | Path | None = None,
+) -> Figure:
+    """MEIs validated (:func:`mei.validation.validate_meis`): one row per MEI with the MEI,
+    its unit's best natural images and, on the right, the unit's responses on each validating
+    model to the MEI (dark) and to its best natural image (light).
+
+    ``natural_images``: ``(U, k, C, H, W)``, the best natural images of each unit on
+    ``result.models[model]`` (``read_images(dataloaders, result.natural_indices[model])``),
+    each titled with its dataset index and response; ``None`` shows the MEIs and responses
+    only. ``titles`` name the rows (default: the units). The MEIs come from ``result.meis``.
+    """
+    if result.meis is None:
+        raise ValueError("the result holds no MEIs (result.meis is None)")
+    meis = _as_images(result.meis)
+    n = len(meis)
+    if not 0 <= model < len(result.models):
+        raise ValueError(f"model must be in 0 .. {len(result.models) - 1}, got {model}")
+    shown: list[list[np.ndarray]] = [[] for _ in range(n)]
+    if natural_images is not None:
+        array = _to_numpy(natural_images)
+        if array.ndim != 5 or len(array) != n:
+            raise ValueError(
+                f"natural_images must be (U, k, C, H, W) with U = {n} MEIs, got {array.shape}"
+            )
+        shown = [list(row) for row in array]
+    titles = _check_length("titles", titles, n)
+    k = max((len(row) for row in shown), default=0)
+    cols = 1 + k + 2  # the MEI, its natural images, the responses (two tiles wide)
+    gray = any(image.shape[0] == 1 for image in meis)
+    figure, axes = _tile_figure(n, cols, suptitle=suptitle, caption=_caption_text(caption, gray))
+    mei_responses = _to_numpy(result.mei_responses)
+    natural_responses = _to_numpy(result.natural_responses)
+    natural_indices = _to_numpy(result.natural_indices).astype(int)
+    names = list(result.models)
+    for i in range(n):
+        row = axes[i]
+        base = titles[i] if titles is not None else f"unit {result.units[i]}"
+        panels = _display(meis[i])
+        data, kwargs, _ = panels[0]
+        _draw(row[0], data, kwargs, f"{base}\nMEI {_format_value(mei_responses[model, i])}")
+        for j, image in enumerate(shown[i]):
+            data, kwargs, _ = _display(image)[0]
+            index, response = natural_indices[model, i, j], natural_responses[model, i, j]
+            _draw(row[1 + j], data, kwargs, f"image {index}\n{_format_value(response)}")
+        left, right = row[-2].get_position(), row[-1].get_position()
+        row[-2].remove()
+        row[-1].remove()
+        ax = figure.add_axes(
+            (
+                left.x0 + 0.35 * left.width,
+                left.y0 + 0.18 * left.height,
+                right.x1 - left.x0 - 0.4 * left.width,
+                0.8 * left.height,
+            )
+        )
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, mei_responses[:, i], 0.4, color="0.2", label="MEI")
+        ax.bar(x + 0.2, natural_responses[:, i, 0], 0.4, color="0.7", label="best image")
+        ax.set_xticks(x, names, fontsize=6, rotation=30 if len(names) > 3 else 0)
+        ax.tick_params(axis="y", labelsize=6)
+        ax.axhline(0, color="0.5", linewidth=0.5)
+        ax.set_title("response per model", fontsize=8, pad=2)
+        if i == 0:
+            ax.legend(fontsize=6, frameon=False)
+    if path is not None:
+        save_figure(figure, path)
+    return figure

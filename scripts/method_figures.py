@@ -5,7 +5,8 @@
 Runs on the CPU in about a minute, on the small models with known answers from the engine
 tests (tests/engine/models.py): a separable space-time neuron (video MEI as a frame strip and
 a GIF), UV/green constraints, Fourier vs pixel parameterization, diverse MEIs of a neuron with
-two preferred stimuli, and the most discriminative stimuli of two cell types.
+two preferred stimuli, the most discriminative stimuli of two cell types, and MEIs validated on
+other models and against the best natural images of a dataset (docs/validation.md).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "engine"))
@@ -30,7 +32,8 @@ from models import (  # noqa: E402  (the test models live next to the tests)
 from mei.clustering import mds_clustering  # noqa: E402
 from mei.methods import gradient_ascent  # noqa: E402
 from mei.modules import ConstrainedOutputModel, TimeWindowResponse  # noqa: E402
-from mei.plot import plot_frames, plot_meis, save_gif  # noqa: E402
+from mei.plot import plot_frames, plot_meis, plot_validation, save_gif  # noqa: E402
+from mei.validation import read_images, validate_meis  # noqa: E402
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -147,10 +150,45 @@ def mds(out: Path) -> None:
     )
 
 
+def validation(out: Path) -> None:
+    # three models of the same 12 neurons: the one the MEIs are made on, another seed (other
+    # weight noise), and one whose weights are blurred (another architecture, say)
+    models = {"made on": TwoCellTypes(seed=0), "seed 1": TwoCellTypes(seed=1)}
+    blurred = TwoCellTypes(seed=0)
+    blurred.weights = torch.nn.functional.avg_pool2d(
+        blurred.weights.reshape(-1, 1, 15, 15), 3, stride=1, padding=1
+    ).flatten(1)
+    models["blurred"] = blurred
+    # "natural" images: 2000 smooth noise images (white noise blurred), unit pixel variance
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(2000, 1, 15, 15, generator=g)
+    images = torch.nn.functional.avg_pool2d(noise, 3, stride=1, padding=1) * 3.0
+    loaders = {"train": {"all": DataLoader(TensorDataset(images), batch_size=256)}}
+    norm = float(images.flatten(1).norm(dim=1).mean())  # MEIs as strong as a typical image
+    units = [0, 3, 6, 9]
+    made_on = models["made on"]
+    meis = torch.cat(
+        [
+            gradient_ascent(
+                None, ConstrainedOutputModel(made_on, u), _sgd(1.0, 100, norm), u,
+                shape=(1, 1, 15, 15),
+            )[0]
+            for u in units
+        ]
+    )  # fmt: skip
+    result = validate_meis(models, meis, units, loaders, k=4)
+    plot_validation(
+        result,
+        read_images(loaders, result.natural_indices[0]),
+        suptitle="MEIs, best natural images, responses on three models",
+        path=out / "validation.png",
+    )
+
+
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "images"
     out.mkdir(parents=True, exist_ok=True)
-    for draw in (video, channels, fourier, diverse, mds):
+    for draw in (video, channels, fourier, diverse, mds, validation):
         draw(out)
         print(f"{draw.__name__}: done")
 

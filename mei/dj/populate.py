@@ -6,7 +6,9 @@ the same model the same way) and optimizes each group in one batched engine run
 (:func:`mei.dj.run.compute`); each key still gets its own row. A batch's rows and files go
 in one transaction and one insert statement after re-checking what was fetched (if that
 fails, key by key). Keys that cannot share a run run alone; rows equal what unbatched
-populate stores. Every populate runs in :func:`mei.dj.backend.populate_session`.
+populate stores. Every populate runs in :func:`mei.dj.backend.populate_session`. A table
+with ``batch_group(key)`` and ``compute_many(keys, fatal=)`` (the MEI validation table) groups
+and computes its keys itself and goes through the same reserve, insert and error path.
 
 With ``reserve_jobs=True`` any number of workers on any number of machines share the work
 through DataJoint's job tables (:meth:`mei.dj.backend.Backend.jobs`): every key is reserved
@@ -49,7 +51,11 @@ logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- grouping
 def _group_key(table: Any, key: Key) -> str:
-    """Keys with the same group key differ only in selector attributes (the neuron)."""
+    """Keys with the same group key differ only in selector attributes (the neuron); a table
+    with ``batch_group(key)`` (a validation table: the validating model) says itself."""
+    batch_group = getattr(table, "batch_group", None)
+    if batch_group is not None:
+        return make_hash(batch_group(key))
     neuron = set(table.selector_table.primary_key) - set(table.trained_model_table.primary_key)
     neuron -= set(table.method_table.primary_key) | set(table.seed_table.primary_key)
     return make_hash({k: v for k, v in key.items() if k not in neuron})
@@ -394,7 +400,12 @@ def _populate(
                 continue
             pending_keys = list(taken)
             try:
-                outcomes = run.compute(table, taken, fatal=be.is_connection_error)
+                compute = getattr(table, "compute_many", None)
+                outcomes = (
+                    compute(taken, fatal=be.is_connection_error)
+                    if compute is not None
+                    else run.compute(table, taken, fatal=be.is_connection_error)
+                )
                 computed = []
                 failed: list[tuple[Key, Exception]] = []
                 for key, outcome in zip(taken, outcomes, strict=True):

@@ -22,13 +22,15 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, NamedTuple
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from ..capture import capturing
 from ..config import check_seed
-from ..errors import ComponentError, ConfigError, NonFiniteError, shorten
+from ..errors import ComponentError, ConfigError, ModelError, NonFiniteError, shorten
 from ..import_helpers import resolve_path
 from ..modules import ConstrainedOutputModel
+from ..validation import NaturalImages, check_mei_shape, score_meis, top_natural_images
 from .hashing import make_hash
 from .model_cache import ModelLoader
 
@@ -498,3 +500,197 @@ def compute(
             e.__mei_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
             outcomes.append(e)
     return outcomes
+
+
+# --------------------------------------------------------------------------- validation
+class _Column(nn.Module):
+    """A selected model as a one-unit model ``(B, ...) -> (B, 1)``: how a key whose selector
+    does not pick a plain int unit of the model (a ``target_fn``, a lab's own wrapper) is
+    scored. A selected model that reduces the batch (``target_fn=torch.mean``) is called once
+    per input; one that gives several values per input raises :class:`~mei.errors.ModelError`."""
+
+    def __init__(self, selected: Any):
+        super().__init__()
+        self.selected = selected
+
+    def forward(self, x: Tensor, **kwargs: Any) -> Tensor:
+        output = self.selected(x, **kwargs)
+        if not isinstance(output, Tensor) or output.dim() == 0 or output.shape[0] != len(x):
+            output = torch.stack(
+                [torch.as_tensor(self.selected(x[i : i + 1], **kwargs)) for i in range(len(x))]
+            )
+        column = output.reshape(len(x), -1)
+        if column.shape[1] != 1:
+            raise ModelError(
+                f"the selector's model ({type(self.selected).__name__}) gives "
+                f"{column.shape[1]} values per input; validating an MEI needs one (its unit's)"
+            )
+        return column
+
+
+NATURAL_CACHE_SIZE = 16
+"""Natural-image rankings (one per validating model, session and settings) a validation
+table object keeps."""
+
+
+def _natural(table: Any, cache_key: Any, compute: Callable[[], NaturalImages]) -> NaturalImages:
+    """``compute()``, kept on ``table`` under ``make_hash(cache_key)`` (a few at most)."""
+    cache: dict[str, NaturalImages] = table.__dict__.setdefault("_natural_cache", {})
+    name = make_hash(cache_key)
+    if name not in cache:
+        while len(cache) >= NATURAL_CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        cache[name] = compute()
+    return cache[name]
+
+
+ValidationOutcome = tuple[float, Any, Any, int]
+"""``(mei_response, natural indices, natural responses, n_images)`` of one key."""
+
+
+def _check_validation(key: Key, outcome: ValidationOutcome) -> ValidationOutcome:
+    response, _, responses, _ = outcome
+    if not math.isfinite(response) or not all(math.isfinite(float(r)) for r in responses):
+        raise NonFiniteError(
+            f"the validating model's responses for key {dict(key)!r} are not finite (MEI: "
+            f"{response}, best natural images: {[float(r) for r in responses]})"
+        )
+    if float(responses[0]) == 0.0:
+        raise NonFiniteError(
+            f"the best natural image's response is 0 for key {dict(key)!r}: the fraction "
+            "is undefined"
+        )
+    return outcome
+
+
+def _validate_group(
+    table: Any,
+    keys: Sequence[Key],
+    device: Any,
+    fatal: Callable[[BaseException], bool] | None = None,
+) -> list[ValidationOutcome | Exception]:
+    """The keys of one validating model: MEIs of one session in one forward pass, the
+    natural images ranked once per session for all the model's units."""
+    top_k, tier = int(table.top_k), str(table.tier)
+    loader = table.model_loader
+    if isinstance(loader, ModelLoader):
+        dataloaders, model = loader.load(keys[0], device if isinstance(device, str) else None)
+    else:
+        dataloaders, model = loader.load(keys[0])
+    model_key = table.batch_group(keys[0])
+    selector = table.mei_table.selector_table()
+    mei_table = table.mei_table()
+    outcomes: list[ValidationOutcome | Exception | None] = [None] * len(keys)
+    sessions: dict[str, list[tuple[int, Tensor, int]]] = {}
+    kwargs_of: dict[str, dict[str, Any]] = {}
+    for i, key in enumerate(keys):
+        try:
+            mei = mei_table.load_mei(key)
+            selected = selected_model(selector, model, key)
+            if (
+                isinstance(selected, ConstrainedOutputModel)
+                and selected.model is model
+                and isinstance(selected.constraint, numbers.Integral)
+                and not selected.has_target_fn
+            ):
+                name = make_hash(selected.forward_kwargs)
+                kwargs_of[name] = selected.forward_kwargs
+                sessions.setdefault(name, []).append((i, mei, int(selected.constraint)))
+            else:  # scored alone, as a one-unit model
+                alone = _Column(selected)
+                outcomes[i] = _validate_alone(table, key, alone, mei, dataloaders, device)
+        except Exception as e:
+            if fatal is not None and fatal(e):
+                raise
+            e.__mei_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
+            outcomes[i] = e
+    for name, items in sessions.items():
+        forward_kwargs = kwargs_of[name]
+        data_key = forward_kwargs.get("data_key")
+        data_key = data_key if isinstance(data_key, str) else None
+        meis = torch.cat([mei for _, mei, _ in items])
+        units = [unit for _, mei, unit in items for _ in range(len(mei))]
+        check_mei_shape(meis, dataloaders, tier=tier, data_key=data_key)
+        scores = score_meis(model, meis, units, forward_kwargs=forward_kwargs, device=device)
+        natural = _natural(
+            table,
+            (model_key, forward_kwargs, tier, top_k),
+            functools.partial(
+                top_natural_images,
+                model,
+                dataloaders,
+                k=top_k,
+                tier=tier,
+                forward_kwargs=forward_kwargs,
+                device=device,
+            ),
+        )
+        start = 0
+        for i, mei, unit in items:
+            response = float(scores[start : start + len(mei)].mean())
+            start += len(mei)
+            try:
+                indices, responses = natural.indices[unit], natural.responses[unit]
+                outcome = (response, indices.tolist(), responses.tolist(), natural.n_images)
+                outcomes[i] = _check_validation(keys[i], outcome)
+            except Exception as e:
+                e.__mei_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
+                outcomes[i] = e
+    return [o for o in outcomes if o is not None]
+
+
+def _validate_alone(
+    table: Any, key: Key, model: Any, mei: Tensor, dataloaders: Any, device: Any
+) -> ValidationOutcome:
+    top_k, tier = int(table.top_k), str(table.tier)
+    check_mei_shape(mei, dataloaders, tier=tier)
+    score = float(score_meis(model, mei, [0] * len(mei), device=device).mean())
+    natural = top_natural_images(model, dataloaders, [0], k=top_k, tier=tier, device=device)
+    outcome = (score, natural.indices[0].tolist(), natural.responses[0].tolist(), natural.n_images)
+    return _check_validation(key, outcome)
+
+
+def validate(
+    table: Any, keys: Sequence[Key], *, fatal: Callable[[BaseException], bool] | None = None
+) -> list[tuple[Any, ValidationOutcome] | Exception]:
+    """Validate the MEIs of ``keys`` of a validation ``table``
+    (:class:`mei.dj.tables.MEIValidationTemplateMixin`); no transaction is open.
+
+    Keys with the same validating model and device are computed together: the model is
+    loaded once, the MEIs of one session go through it in one forward pass
+    (:func:`mei.validation.score_meis`), and the natural images are ranked once per session
+    for all its units (:func:`mei.validation.top_natural_images`, kept on the table object).
+    Returns, per key, ``(fetched, (mei_response, indices, responses, n_images))`` or the
+    exception it raised. If a group fails as a whole, its keys are computed one by one to
+    find the failing ones. Exceptions for which ``fatal`` is true are raised.
+    """
+    fetched = [table.make_fetch(k) for k in keys]
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        device = table.device if table.device is not None else fetched[i][1]
+        groups.setdefault(make_hash([table.batch_group(key), device]), []).append(i)
+    outcomes: list[tuple[Any, ValidationOutcome] | Exception | None] = [None] * len(keys)
+    for members in groups.values():
+        first = members[0]
+        device = table.device if table.device is not None else fetched[first][1]
+        parts = [members]
+        while parts:
+            part = parts.pop(0)
+            try:
+                results = _validate_group(table, [keys[i] for i in part], device, fatal)
+            except Exception as e:
+                if fatal is not None and fatal(e):
+                    raise
+                if len(part) > 1:
+                    logger.warning(
+                        "validating %d keys together failed; validating them one by one",
+                        len(part),
+                        exc_info=True,
+                    )
+                    parts = [[i] for i in part] + parts
+                    continue
+                e.__mei_traceback__ = traceback.format_exc()  # type: ignore[attr-defined]
+                results = [e]
+            for i, result in zip(part, results, strict=True):
+                outcomes[i] = result if isinstance(result, Exception) else (fetched[i], result)
+    return [o for o in outcomes if o is not None]

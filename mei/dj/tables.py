@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequenc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from torch import Tensor
 
 from ..config import check_seed
@@ -37,6 +38,7 @@ __all__ = [
     "MEIMethodMixin",
     "MEISeedMixin",
     "MEITemplateMixin",
+    "MEIValidationTemplateMixin",
     "NeuronSetTemplateMixin",
     "RequiredLink",
     "TrainedEnsembleModelTemplateMixin",
@@ -813,3 +815,188 @@ class MDSTemplateMixin(_ModelTableMixin):
             _sorted_keys((n for n in neurons if int(n["cluster"]) == k), names)
             for k in range(n_clusters)
         ]
+
+
+class MEIValidationTemplateMixin(_ModelTableMixin):
+    """MEIs validated: each MEI scored on a *validating* model (another member of the
+    ensemble, another seed, another architecture) and compared with its unit's most exciting
+    natural images of the dataset on that model.
+
+    One row per MEI (a row of ``mei_table``) x validating model (a row of
+    ``validating_model_table``, any table with ``load_model(key)``: the lab's trained model
+    table to score on single models, its ensemble table to score on other ensembles). The two
+    share the dataset's attributes (those of the MEI table's selector); the validating model's
+    other key attributes that the MEI table also has get the prefix :attr:`prefix`
+    (``ensemble_hash`` -> ``validating_ensemble_hash``). The unit is the one the MEI table's
+    selector gives the key; the natural images are those of the validating model's loaders of
+    :attr:`tier` (the session of the selector's ``data_key``), read on the MEI method's device
+    (or the table's ``device`` override); :attr:`top_k` of them are kept per MEI.
+
+    Models are cached (as in the MEI table) and each model's natural-image pass, done for all
+    its units at once, is kept on the table object: a populate reads the dataset once per
+    model and session. ``populate(batch_size=n)`` scores up to ``n`` MEIs of one validating
+    model in one forward pass (:mod:`mei.dj.populate`). Numbers are those of
+    :func:`mei.validation.validate_meis`.
+    """
+
+    definition_template = """
+    # MEIs scored on a validating model, against the unit's most exciting natural images
+    -> self.mei_table
+    {validating}
+    ---
+    mei_response            : {float}   # the unit's response to the MEI on the validating model
+    best_natural_response   : {float}   # the unit's response to its best natural image there
+    fraction                : {float}   # mei_response / best_natural_response
+    natural_indices         : {blob}    # dataset indices of its top_k natural images, best first
+    natural_responses       : {blob}    # its responses to them
+    n_images                : {int}     # natural images read
+    """
+
+    mei_table: Any = RequiredLink("MEI")
+    validating_model_table: Any = RequiredLink("TrainedModel")
+    prefix = "validating_"
+    """Prefix of the validating model's key attributes that the MEI table has too."""
+    top_k = 5
+    """Natural images kept per MEI (stored best first)."""
+    tier = "train"
+    """The tier of the dataloaders whose images are ranked (``dataloaders[tier][data_key]``)."""
+    storage: Any = None  # numbers only: no store
+
+    # --- definition and keys -------------------------------------------------------------
+    @classmethod
+    def validating_renames(cls) -> dict[str, str]:
+        """``{attribute here: attribute of validating_model_table}`` for the renamed ones."""
+        validating = _primary_key(cls.validating_model_table)
+        mei = set(_primary_key(cls.mei_table))
+        shared = set(_primary_key(cls.mei_table.selector_table))
+        return {f"{cls.prefix}{a}": a for a in validating if a in mei and a not in shared}
+
+    @property
+    def definition(self) -> str:
+        renames = self.validating_renames()
+        link = "-> self.validating_model_table"
+        if renames:
+            args = ", ".join(f'{new}="{old}"' for new, old in renames.items())
+            link = f"-> self.validating_model_table.proj({args})"
+        return self.definition_template.format(validating=link, **backend().types)
+
+    @property
+    def method_table(self) -> Any:
+        """The MEI table's method table (whose rows say on which device to run)."""
+        return self.mei_table.method_table
+
+    def validating_key(self, key: Mapping[str, Any]) -> Key:
+        """The key of ``key``'s validating model in ``validating_model_table``."""
+        names = {old: new for new, old in self.validating_renames().items()}
+        return {a: key[names.get(a, a)] for a in _primary_key(self.validating_model_table)}
+
+    def model_names(self) -> list[str]:
+        """This table's names of the validating model's key attributes."""
+        renamed = {old: new for new, old in self.validating_renames().items()}
+        return [renamed.get(a, a) for a in _primary_key(self.validating_model_table)]
+
+    def batch_group(self, key: Mapping[str, Any]) -> Key:
+        """Keys with the same validating model share a batch (:mod:`mei.dj.populate`)."""
+        return {n: key[n] for n in self.model_names()}
+
+    def _load_validating(self, key: Key) -> Any:
+        return self.validating_model_table().load_model(key=self.validating_key(key))
+
+    @property
+    def model_loader(self) -> Any:
+        """The model cache: a :class:`ModelLoader` of ``validating_model_table``'s models,
+        keyed by this table's names of their attributes."""
+        loader = self.__dict__.get("_model_loader")
+        if loader is None:
+            loader = ModelLoader(
+                self._load_validating, self.model_names(), cache_size_limit=self.cache_size_limit
+            )
+            self.__dict__["_model_loader"] = loader
+        return loader
+
+    @model_loader.setter
+    def model_loader(self, loader: Any) -> None:
+        self.__dict__["_model_loader"] = loader
+
+    # --- the tripartite make ----------------------------------------------------------------
+    def make_fetch(self, key: Key) -> tuple[float, Any, int, str]:
+        """The MEI's score (the MEI row it validates), its method's device, ``top_k``, ``tier``
+        (cheap; fetched again before inserting)."""
+        score = (self.mei_table() & key).fetch1("score")
+        config = (self.method_table() & key).fetch1("method_config")
+        device = config.get("device") if isinstance(config, Mapping) else None
+        return float(score), device, int(self.top_k), str(self.tier)
+
+    def make_compute(
+        self, key: Key, score: float, device: Any, top_k: int, tier: str
+    ) -> tuple[float, Any, Any, int]:
+        """Score the MEI of ``key`` on its validating model and rank the natural images: no
+        transaction. Returns the MEI's response, the natural images' indices and responses
+        (best first) and the number of images read."""
+        outcome = self.compute_many([key])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome[1]
+
+    def make_insert(
+        self, key: Key, mei_response: float, indices: Any, responses: Any, n_images: int
+    ) -> None:
+        """Insert the row of ``key``."""
+        self.insert1(_validation_row(key, mei_response, indices, responses, n_images))
+
+    def make_insert_many(self, items: Sequence[tuple[Any, ...]]) -> None:
+        """:meth:`make_insert` for several keys in one insert statement."""
+        if type(self).make_insert is not MEIValidationTemplateMixin.make_insert:
+            for key, *result in items:
+                self.make_insert(key, *result)
+            return
+        self.insert([_validation_row(key, *result) for key, *result in items])
+
+    def compute_many(
+        self, keys: Sequence[Key], fatal: Any = None
+    ) -> list[tuple[Any, tuple[float, Any, Any, int]] | Exception]:
+        """The results of ``keys`` (see :meth:`make_compute`), one outcome per key: keys of one
+        validating model and session score in one forward pass (:func:`mei.dj.run.validate`);
+        a key that fails gets its exception (traceback in ``__mei_traceback__``)."""
+        return run.validate(self, keys, fatal=fatal)
+
+    def populate(self, *restrictions: Any, batch_size: int | None = None, **kwargs: Any) -> Any:
+        """DataJoint's ``populate``; with ``batch_size``, the MEIs of one validating model
+        are scored up to ``batch_size`` at a time in one forward pass
+        (:func:`mei.dj.populate.populate`: ``reserve_jobs``, ``suppress_errors``,
+        ``max_calls``, ``display_progress`` and ``order`` are accepted). Keys whose method
+        asks for a device this machine lacks are refused first."""
+        what = f"{type(self).__name__}.populate"
+        with exclusive(self.connection, what):
+            if batch_size is None:
+                with populate_session(self.connection, what):
+                    _populate.check_devices(self, *restrictions)
+                    return super().populate(*restrictions, **kwargs)  # type: ignore[misc]
+            unknown = sorted(
+                set(kwargs)
+                - {"reserve_jobs", "suppress_errors", "max_calls", "display_progress", "order"}
+            )
+            if unknown:
+                raise TypeError(f"populate(batch_size=...) does not take {unknown}")
+            return _populate.populate(self, *restrictions, batch_size=batch_size, **kwargs)
+
+    def load_natural_indices(self, key: Mapping[str, Any] | None = None) -> list[int]:
+        """The dataset indices of one row's best natural images, best first."""
+        query: Any = self & key if key is not None else self
+        indices = query.fetch1("natural_indices")
+        return [int(i) for i in indices]
+
+
+def _validation_row(
+    key: Key, mei_response: float, indices: Any, responses: Any, n_images: int
+) -> dict[str, Any]:
+    best = float(responses[0])
+    return dict(
+        key,
+        mei_response=float(mei_response),
+        best_natural_response=best,
+        fraction=float(mei_response) / best,
+        natural_indices=np.asarray(indices, dtype=np.int64),
+        natural_responses=np.asarray(responses, dtype=np.float32),
+        n_images=int(n_images),
+    )

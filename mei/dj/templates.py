@@ -14,6 +14,8 @@ Templates (undecorated; subclass them, set their links, decorate with your schem
   ``dataset_table`` and ``selector_table``.
 - :class:`MDSTemplate` (with part ``Neuron``): most discriminative stimuli, several per row:
   links ``trained_model_table``, ``neuron_set_table``, ``method_table`` and ``seed_table``.
+- :class:`MEIValidationTemplate`: MEIs scored on validating models and against their units'
+  best natural images; links ``mei_table`` and ``validating_model_table``.
 
 Ready tables: :class:`MEIMethod` and :class:`MEISeed` live in :data:`schema`. Importing this
 module connects to nothing; the schema is activated on first use of either table (or of a
@@ -41,6 +43,7 @@ __all__ = [
     "MEIMethod",
     "MEISeed",
     "MEITemplate",
+    "MEIValidationTemplate",
     "NeuronSetTemplate",
     "TrainedEnsembleModelTemplate",
     "activate",
@@ -170,3 +173,14 @@ class MDSTemplate(tables.MDSTemplateMixin, dj.Computed):
 
     method_table: Any = _DefaultTable("MEIMethod")
     seed_table: Any = _DefaultTable("MEISeed")
+
+
+class MEIValidationTemplate(tables.MEIValidationTemplateMixin, dj.Computed):
+    """MEI validation table template: each MEI scored on a validating model and against its
+    unit's most exciting natural images of the dataset.
+
+    Subclass it, set ``mei_table`` (your MEI table) and ``validating_model_table`` (your
+    trained model table, to score on single models, or your ensemble table), decorate it with
+    your schema and ``populate()`` it (``populate(batch_size=64)``: 64 MEIs of one validating
+    model per forward pass). ``top_k`` and ``tier`` choose the natural images.
+    """

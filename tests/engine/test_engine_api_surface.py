@@ -83,6 +83,16 @@ PUBLIC = {
         "split_module_name",
     ],
     "mei.errors": ["ConfigError", "ComponentError", "ModelError", "NonFiniteError"],
+    "mei.validation": [
+        "NaturalImages",
+        "ValidationResult",
+        "check_mei_shape",
+        "ensemble_members",
+        "read_images",
+        "score_meis",
+        "top_natural_images",
+        "validate_meis",
+    ],
     "mei.legacy.ops": [
         "GaussianBlur",
         "ChangeNorm",
