@@ -83,6 +83,15 @@ PUBLIC = {
         "split_module_name",
     ],
     "mei.errors": ["ConfigError", "ComponentError", "ModelError", "NonFiniteError"],
+    "mei.variants": [
+        "exciting_variants",
+        "exciting_variants_units",
+        "diversity_index",
+        "mean_pairwise_distance",
+        "ExcitingVariantsObjective",
+        "VARIANTS_DEFAULTS",
+        "validate_variants_config",
+    ],
     "mei.legacy.ops": [
         "GaussianBlur",
         "ChangeNorm",
