@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import math
 
+import datajoint as dj
 import pytest
 import run_path_lab
 import torch
 from mei_testkit import engine_models, stored_files
 
 from mei.dj.backend import backend
+from mei.dj.tables import MEIMethodMixin
 from mei.errors import ComponentError, ConfigError
 from mei.main import ExcitingVariantsTemplate
 from mei.modules import ConstrainedOutputModel
@@ -156,3 +158,31 @@ def test_a_variants_table_declares_with_the_generations_types(schema, mei_main):
     assert "variants_seed" in heading.primary_key
     assert set(lab.Variants.Variant().heading.secondary_attributes) == {"response", "fraction"}
     assert lab.Variants().trained_model_table is lab.TrainedEnsembleModel
+
+
+def test_a_variants_table_may_keep_its_methods_in_a_table_of_its_own(schema, mei_main):
+    """With the variants' method rows in a method table of their own, the MEI table's populate
+    never sees them (it computes every row of its method table)."""
+    lab = _declare(schema)
+
+    class VariantsMethod(MEIMethodMixin, dj.Lookup):
+        pass
+
+    class OwnVariants(ExcitingVariantsTemplate):
+        mei_table = lab.MEI
+        method_table = VariantsMethod
+
+    schema(VariantsMethod)
+    schema(OwnVariants)
+    mei_main.MEIMethod().add_method("mei.methods.gradient_ascent", MEI_CONFIG)
+    mei_main.MEISeed().insert1({"mei_seed": SEED})
+    quick = {
+        **VARIANTS_CONFIG,
+        "stopper": {**VARIANTS_CONFIG["stopper"], "kwargs": {"num_iterations": 5}},
+    }
+    method = VariantsMethod().add_method("mei.variants.exciting_variants", quick)
+    lab.MEI().populate()
+    OwnVariants().populate()
+    lab.MEI().populate()  # nothing new: the variants method is not the MEI table's
+    assert len(lab.MEI()) == 2 and len(OwnVariants()) == 2
+    assert len(OwnVariants() & {"variants_method_hash": method["method_hash"]}) == 2
