@@ -10,11 +10,12 @@ import datajoint as dj
 import pytest
 import run_path_lab
 import torch
+from compat_lab import missing_device
 from mei_testkit import engine_models, stored_files
 
 from mei.dj.backend import backend
 from mei.dj.tables import MEIMethodMixin
-from mei.errors import ComponentError, ConfigError
+from mei.errors import ComponentError, ConfigError, DeviceUnavailableError
 from mei.main import ExcitingVariantsTemplate
 from mei.modules import ConstrainedOutputModel
 from mei.variants import exciting_variants
@@ -186,3 +187,26 @@ def test_a_variants_table_may_keep_its_methods_in_a_table_of_its_own(schema, mei
     lab.MEI().populate()  # nothing new: the variants method is not the MEI table's
     assert len(lab.MEI()) == 2 and len(OwnVariants()) == 2
     assert len(OwnVariants() & {"variants_method_hash": method["method_hash"]}) == 2
+
+
+def test_the_device_check_reads_the_variants_method_not_the_meis(schema, mei_main):
+    lab = _declare(schema)
+    mei_main.MEIMethod().add_method("mei.methods.gradient_ascent", MEI_CONFIG)  # on the CPU
+    mei_main.MEISeed().insert1({"mei_seed": SEED})
+    lab.MEI().populate()
+    quick = {
+        **VARIANTS_CONFIG,
+        "stopper": {**VARIANTS_CONFIG["stopper"], "kwargs": {"num_iterations": 5}},
+    }
+    device = missing_device()
+    method = mei_main.MEIMethod().add_method(
+        "mei.variants.exciting_variants", {**quick, "device": device}
+    )
+    with pytest.raises(DeviceUnavailableError) as error:
+        lab.Variants().populate()
+    assert error.value.device == device and error.value.methods == [method]
+    assert len(lab.Variants()) == 0
+    table = lab.Variants()
+    table.device = "cpu"  # the override redirects it: then it runs
+    table.populate()
+    assert len(lab.Variants()) == 2
