@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import MethodConfig, check_seed, resolve_config
-from .errors import ConfigError, InputError, list_names, shorten
+from .errors import ConfigError, InputError, ModelError, list_names, shorten
 from .methods import get_input_shape, prepared_model, run_batch
 from .modules import ConstrainedOutputModel
 from .typing import Dataloaders
@@ -317,7 +317,29 @@ def _single_unit(model: nn.Module) -> tuple[nn.Module, int, dict[str, Any]]:
         and not model.has_target_fn
     ):
         return model.model, int(model.constraint), dict(model.forward_kwargs)
-    return model, 0, {}
+    return _OneResponse(model), 0, {}
+
+
+class _OneResponse(nn.Module):
+    """A neuron's model that is not a ``ConstrainedOutputModel`` of one int unit: its output
+    must be one response per input, ``(B,)`` or ``(B, 1)``."""
+
+    inner_models: tuple[str, ...] = ("model",)
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, **kwargs: Any) -> Tensor:
+        output = self.model(x, **kwargs)
+        if not isinstance(output, Tensor) or output.shape not in ((len(x),), (len(x), 1)):
+            got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ModelError(
+                f"the neuron's model must return one response per input, ({len(x)},) or "
+                f"({len(x)}, 1), got {got}: pass ConstrainedOutputModel(model, unit) with an "
+                "int unit and no target_fn, or a model of one neuron"
+            )
+        return output.reshape(len(x), 1)
 
 
 def _checked_meis(meis: Sequence[Tensor | None] | None, count: int) -> list[Tensor | None]:
@@ -477,8 +499,11 @@ def _with_response(population: nn.Module, method: MethodConfig) -> tuple[nn.Modu
     over a window of frames), and the config without it."""
     if method.response is None:
         return population, method
+    without = dataclasses.replace(method, response=None)
+    if isinstance(population, _OneResponse):  # reduced before the one response is checked
+        return _OneResponse(method.response.build(population.model)), without
     reduced: nn.Module = method.response.build(population)
-    return reduced, dataclasses.replace(method, response=None)
+    return reduced, without
 
 
 def _shape_for(
@@ -556,7 +581,7 @@ def exciting_variants(
     method = resolve_config(rest)
     population, unit, forward_kwargs = _single_unit(model)
     population, method = _with_response(population, method)
-    if settings["space"] == "responses" and population is model:
+    if settings["space"] == "responses" and isinstance(population, _OneResponse):
         raise ConfigError(
             "space 'responses' measures distances between the population's responses: pass "
             "the neuron's model as mei.modules.ConstrainedOutputModel(model, unit) (an int "
@@ -632,8 +657,7 @@ def exciting_variants_units(
     model, method = _with_response(model, method)
     element, read = _shape_for(method, shape, checked, dataloaders, kwargs)
     found = _references_of(model, kwargs, units, given, checked, method)
-    blockers = [b for b in method.batch_blockers() if not b.startswith("n_meis")]
-    size = 1 if blockers else (batch_size or len(units) or 1)
+    size = 1 if method.batch_blockers() else (batch_size or len(units) or 1)
     results: list[Result] = []
     for start in range(0, len(units), size):
         part = slice(start, start + size)

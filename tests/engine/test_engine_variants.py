@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-from models import PhaseCells, base_config
+from models import PhaseCells, SeparableVideoNeurons, base_config
 
-from mei.errors import ConfigError, InputError
+from mei.errors import ConfigError, InputError, ModelError
 from mei.methods import gradient_ascent
-from mei.modules import ConstrainedOutputModel
+from mei.modules import ConstrainedOutputModel, TimeWindowResponse
 from mei.variants import (
     VARIANTS_DEFAULTS,
     ExcitingVariantsObjective,
@@ -335,3 +335,27 @@ def test_bad_inputs_are_refused_before_the_first_step(cells, meis):
     plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(225, 1))
     with pytest.raises(ConfigError, match="space 'responses' measures distances"):
         exciting_variants(None, plain, _config(space="responses"), 1, mei=meis[0])
+    # a model of one neuron works; one of several, or reducing the batch, is refused
+    images, _, _ = exciting_variants(None, plain, config, 1, reference=1.0, mei=meis[0])
+    assert images.shape == (8, 1, 15, 15)
+    for model in (cells, ConstrainedOutputModel(cells, 0, target_fn=torch.mean)):
+        with pytest.raises(ModelError, match="must return one response per input"):
+            exciting_variants(None, model, config, 1, reference=1.0, mei=meis[0])
+
+
+def test_a_video_models_variants_go_through_the_configs_response():
+    """With the config's ``response`` entry, the responses (the reference's too) are the
+    model's over the window of output frames, as for a video MEI."""
+    neurons = SeparableVideoNeurons(frames=8, size=15, thetas=(0.6, 2.2))
+    window = {"path": "mei.modules.TimeWindowResponse", "kwargs": {"start": -1}}
+    movie = torch.randn(1, 1, 10, 15, 15, generator=torch.Generator().manual_seed(0))
+    config = {**_config(steps=5, n_variants=3), "response": window}
+    images, _, output = exciting_variants(
+        None, ConstrainedOutputModel(neurons, 1), config, 1, mei=movie
+    )
+    reduced = TimeWindowResponse(neurons, start=-1)
+    assert images.shape == (3, 1, 10, 15, 15)
+    assert output["reference"] == pytest.approx(float(reduced(movie)[0, 1]), rel=1e-5)
+    assert output["responses"] == pytest.approx(reduced(images)[:, 1].tolist(), rel=1e-5)
+    batched = exciting_variants_units(None, neurons, config, 1, [1], meis=[movie])
+    torch.testing.assert_close(batched[0][0], images, rtol=0, atol=1e-6)

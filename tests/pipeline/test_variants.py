@@ -207,6 +207,6 @@ def test_the_device_check_reads_the_variants_method_not_the_meis(schema, mei_mai
     assert error.value.device == device and error.value.methods == [method]
     assert len(lab.Variants()) == 0
     table = lab.Variants()
-    table.device = "cpu"  # the override redirects it: then it runs
-    table.populate()
+    table.device = "cpu"  # the override redirects it: then it runs, from DataJoint's job queue
+    table.populate(reserve_jobs=True)
     assert len(lab.Variants()) == 2
