@@ -553,8 +553,9 @@ def exciting_variants(
     "mei.variants.exciting_variants"``; see :mod:`mei.variants` for the objective and the
     diversity index).
 
-    Called as the tables call it, ``exciting_variants(dataloaders, model, config, seed,
-    reference=r, mei=m)``, or ``exciting_variants(model=m, config=c, seed=s, mei=m)``.
+    Called as ``mei.main.ExcitingVariantsTemplate`` calls it, ``exciting_variants(dataloaders,
+    model, config, seed, mei=stored_mei)``, or ``exciting_variants(model=m, config=c, seed=s,
+    mei=m)``.
     ``model`` is the neuron's model, ``(B, ...) -> (B,)`` or ``(B, 1)``, typically
     ``ConstrainedOutputModel(population, unit)`` (needed for ``space="responses"``: the
     distances are between the population's responses). ``reference``: the MEI's response
