@@ -102,6 +102,15 @@ def test_the_diversity_index_is_0_for_copies_and_1_for_a_regular_simplex():
     torch.testing.assert_close(diversity_index(groups), torch.tensor([0.0, 1.0]), atol=1e-6, rtol=0)
 
 
+def test_the_index_has_a_finite_gradient_where_images_coincide():
+    images = torch.randn(1, 1, 1, 4, 4).repeat(1, 3, 1, 1, 1)
+    images[0, 2] += 1.0  # two of three images the same
+    images.requires_grad_(True)
+    diversity_index(images).sum().backward()
+    assert torch.isfinite(images.grad).all()
+    assert images.grad[0, 2].abs().sum() > 0  # the third is pushed away from the pair
+
+
 def test_the_response_space_index_uses_cosine_distances():
     orthogonal = torch.eye(4)[None] * torch.tensor([1.0, 2.0, 3.0, 4.0])[:, None]  # (1, 4, 4)
     # pairwise cosine distance 1, whatever the norms; the largest mean is N / (N - 1)
