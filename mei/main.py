@@ -7,6 +7,7 @@ kept them, and stays their public address. Importing it connects to nothing.
 from .dj.templates import (
     CSRFV1ObjectiveTemplate,
     CSRFV1SelectorTemplate,
+    ExcitingVariantsTemplate,
     MDSTemplate,
     MEIMethod,
     MEISeed,
@@ -21,6 +22,7 @@ from .dj.templates import (
 __all__ = [
     "CSRFV1ObjectiveTemplate",
     "CSRFV1SelectorTemplate",
+    "ExcitingVariantsTemplate",
     "MDSTemplate",
     "MEIMethod",
     "MEISeed",

@@ -462,6 +462,7 @@ def run_batch(
     description: str = "MEI",
     read_shape: Callable[[], tuple[int, ...]] | None = None,
     mei_class: type[Any] | None = None,
+    start_from: Callable[[Tensor], Tensor] | None = None,
 ) -> list[Result]:
     """Optimize ``len(seeds)`` MEIs together; ``model`` maps the batch to one response per
     element, element ``b`` responding as its own MEI's unit. Element ``b`` starts from
@@ -476,6 +477,10 @@ def run_batch(
     transparency_weight=..., **components)`` with the config's optional components, and run
     by :func:`~mei.optimization.optimize` (a lab's subclass of
     :class:`~mei.optimization.MEI` that overrides its ``step()`` is stepped through it).
+
+    ``start_from``: maps the drawn starts (CPU, ``(len(seeds) * n_meis, C, ...)``) to the
+    run's starts, e.g. perturbations of known images (:func:`mei.variants.exciting_variants`
+    starts from the MEI); the random numbers drawn are the same with or without it.
     """
     custom = mei_class is not None and mei_class is not MEI
     if custom:
@@ -492,6 +497,8 @@ def run_batch(
         raise InputError("pass dataloaders or shape= to give the input shape", argument="shape")
     initial = method.initial.build()
     element, start, generators = _element_streams(method, initial, seeds, shape, read_shape)
+    if start_from is not None:
+        start = start_from(start).detach()
     if method.transparency:
         alpha = torch.ones(len(start), 1, *element[2:]) * 0.5
         start = torch.cat((start, alpha), dim=1)

@@ -12,6 +12,7 @@ from .dj.run import (
 )
 from .dj.tables import (
     CSRFV1ObjectiveTemplateMixin,
+    ExcitingVariantsTemplateMixin,
     MDSTemplateMixin,
     MEIMethodMixin,
     MEISeedMixin,
@@ -27,6 +28,7 @@ CSRFV1SelectorTemplateMixin = CSRFV1ObjectiveTemplateMixin
 __all__ = [
     "CSRFV1ObjectiveTemplateMixin",
     "CSRFV1SelectorTemplateMixin",
+    "ExcitingVariantsTemplateMixin",
     "KEYED_COMPONENTS",
     "METHOD_FN_MAX_LENGTH",
     "MDSTemplateMixin",

@@ -5,8 +5,9 @@
 Runs on the CPU in about a minute, on the small models with known answers from the engine
 tests (tests/engine/models.py): a separable space-time neuron (video MEI as a frame strip and
 a GIF), UV/green constraints, Fourier vs pixel parameterization, diverse MEIs of a neuron with
-two preferred stimuli, the most discriminative stimuli of two cell types, and MEIs validated on
-other models and against the best natural images of a dataset (docs/validation.md).
+two preferred stimuli, the most discriminative stimuli of two cell types, MEIs validated on
+other models and against the best natural images of a dataset (docs/validation.md), and the
+exciting variants of a complex and a simple cell (docs/variants.md).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ sys.path.insert(0, str(ROOT / "tests" / "engine"))
 
 from models import (  # noqa: E402  (the test models live next to the tests)
     GaborNeuron,
+    PhaseCells,
     SeparableVideoNeurons,
     TwoCellTypes,
     TwoStimulusNeuron,
@@ -34,6 +36,7 @@ from mei.methods import gradient_ascent  # noqa: E402
 from mei.modules import ConstrainedOutputModel, TimeWindowResponse  # noqa: E402
 from mei.plot import plot_frames, plot_meis, plot_validation, save_gif  # noqa: E402
 from mei.validation import read_images, validate_meis  # noqa: E402
+from mei.variants import exciting_variants_units  # noqa: E402
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -185,10 +188,42 @@ def validation(out: Path) -> None:
     )
 
 
+def variants(out: Path) -> None:
+    """The MEI and 8 exciting variants at 85% of its response, of a phase-invariant complex
+    cell (top) and a simple cell on the same Gabor (bottom), each titled with its response."""
+    cells = PhaseCells()
+    meis = [
+        gradient_ascent(
+            None, ConstrainedOutputModel(cells, u), _sgd(1.0, 50, 5.0), 0, shape=(1, 1, 15, 15)
+        )[0]
+        for u in (0, 1)
+    ]
+    config = _sgd(3.0, 300, 5.0, variants={"n_variants": 8, "fraction": 0.85, "weight": 30.0})
+    config["precondition"] = {"path": "mei.preconditioning.GaussianBlur", "kwargs": {"sigma": 1.5}}
+    results = exciting_variants_units(None, cells, config, 1, [0, 1], meis=meis)
+    images, titles = [], []
+    for name, mei, (found, _, output) in zip(("complex", "simple"), meis, results, strict=True):
+        images += [mei, found]
+        titles.append(f"{name} MEI\nr={output['reference']:.2f}")
+        titles += [
+            f"r={r:.2f} ({f:.0%})"
+            for r, f in zip(output["responses"], output["fractions"], strict=True)
+        ]
+    indices = [f"{index:.2f}" for _, index, _ in results]
+    plot_meis(
+        torch.cat(images),
+        titles=titles,
+        ncols=9,
+        suptitle=f"exciting variants at 85%: diversity index {indices[0]} (complex cell, top), "
+        f"{indices[1]} (simple cell, bottom)",
+        path=out / "exciting-variants.png",
+    )
+
+
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "images"
     out.mkdir(parents=True, exist_ok=True)
-    for draw in (video, channels, fourier, diverse, mds, validation):
+    for draw in (video, channels, fourier, diverse, mds, validation, variants):
         draw(out)
         print(f"{draw.__name__}: done")
 

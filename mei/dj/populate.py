@@ -278,7 +278,9 @@ def check_devices(table: Any, *restrictions: Any) -> None:
     be = backend()
     method_table = table.method_table()
     names = list(method_table.primary_key)
-    needed = method_table & be.todo(table, restrictions).proj()
+    todo = be.todo(table, restrictions)
+    methods_of = getattr(table, "methods_of", None)  # a table whose methods go by other names
+    needed = method_table & (methods_of(todo) if callable(methods_of) else todo.proj())
     by_device: dict[str, list[dict[str, Any]]] = {}
     reasons: dict[str, str | None] = {}
     for row in be.to_dicts(needed):

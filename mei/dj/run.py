@@ -694,3 +694,63 @@ def validate(
             for i, result in zip(part, results, strict=True):
                 outcomes[i] = result if isinstance(result, Exception) else (fetched[i], result)
     return [o for o in outcomes if o is not None]
+
+
+VARIANTS_OUTPUT = ("reference", "responses", "diversity", "diversity_index")
+"""What a variants method's ``output`` must hold (see :func:`check_variants`)."""
+
+
+def check_variants(method_fn: str, result: Result, key: Mapping[str, Any]) -> dict[str, Any]:
+    """The output of a variants method's checked ``result``: a dict with a positive finite
+    ``reference``, one finite response per variant in ``responses`` and finite
+    ``diversity`` and ``diversity_index``; else :class:`mei.errors.ComponentError` naming
+    ``key``."""
+    variants, _, output = result
+    n = len(variants) if variants.dim() > 0 else 0
+
+    def finite(value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+        return math.isfinite(float(value))
+
+    ok = isinstance(output, Mapping) and all(name in output for name in VARIANTS_OUTPUT)
+    if ok:
+        responses = output["responses"]
+        ok = (
+            finite(output["reference"])
+            and float(output["reference"]) > 0
+            and isinstance(responses, Sequence)
+            and len(responses) == n
+            and all(finite(r) for r in responses)
+            and finite(output["diversity"])
+            and finite(output["diversity_index"])
+        )
+    if not ok:
+        raise ComponentError(
+            f"{method_fn} must return the variants and an output dict with a positive "
+            f"'reference', one response per variant in 'responses' ({n} variants), "
+            f"'diversity' and 'diversity_index', for key {dict(key)!r}; got {shorten(output)}"
+        )
+    return dict(output)
+
+
+def compute_variants_key(
+    table: Any, key: Key, fetched: Sequence[Any], mei: Tensor
+) -> tuple[Tensor, dict[str, Any]]:
+    """One key of a table of exciting variants (:class:`mei.dj.tables.ExcitingVariantsTemplateMixin`):
+    load (or reuse) the model, select the MEI's neuron, call ``method_fn(dataloaders, model,
+    config, seed, mei=mei)`` under the table's run options, check; returns ``(variants,
+    output)``. ``fetched`` is what the table's ``make_fetch`` returned: method, config, seed."""
+    method_fn, method_config, seed = fetched
+    dataloaders, model = load_model(table, key, method_config)
+    model = selected_model(table.mei_table.selector_table(), model, key)
+    import_func = getattr(table.method_table, "import_func", None)
+    fn = validate_method(method_fn, method_config, check_config=False, import_func=import_func)
+    with run_options(table):
+        config = run_config(method_config, key)
+        result = check_result(
+            method_fn,
+            fn(dataloaders, model, config, check_seed(seed, "variants_seed"), mei=mei),
+            key,
+        )
+    return result[0], check_variants(method_fn, result, key)

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CSRFV1ObjectiveTemplateMixin",
+    "ExcitingVariantsTemplateMixin",
     "KEYED_COMPONENTS",
     "METHOD_FN_MAX_LENGTH",
     "MDSTemplateMixin",
@@ -1000,3 +1001,149 @@ def _validation_row(
         natural_responses=np.asarray(responses, dtype=np.float32),
         n_images=int(n_images),
     )
+
+
+class ExcitingVariantsTemplateMixin(_ModelTableMixin):
+    """Exciting variants of stored MEIs: images that each drive the MEI's neuron to a fixed
+    fraction of the MEI's response while being as different from each other as possible,
+    with their diversity index (:mod:`mei.variants`; Ding et al. 2026 call them varied
+    exciting inputs: not the sinzlab/mei fork's ``"VEI"``, a variance-exciting input).
+
+    One row per MEI row x variants method x variants seed. Links: ``mei_table`` (the lab's
+    MEI table: its ``trained_model_table`` and ``selector_table`` give the model of the
+    neuron), ``method_table`` and ``seed_table`` (their key attributes renamed
+    ``variants_method_fn``, ``variants_method_hash`` and ``variants_seed``, next to the MEI's
+    own ``method_fn``, ``method_hash`` and ``mei_seed``). Only method rows whose ``method_fn``
+    is in :attr:`method_fns` are computed. The method is called as ``method_fn(dataloaders,
+    model, config, seed, mei=stored_mei)`` with the neuron's model; the reference is the
+    model's response to the stored MEI (:func:`mei.variants.exciting_variants` computes it),
+    and it must return ``(variants (N, C, ...), score, output)`` with ``output["reference"]``,
+    ``output["responses"]`` (one per variant), ``output["diversity"]`` and
+    ``output["diversity_index"]``. The variants and ``output`` are files in the store
+    ``storage``; the part ``Variant`` holds each variant's response. Keys are computed one by
+    one (each neuron's run is a batch of its ``n_variants`` images).
+    """
+
+    definition_template = """
+    # exciting variants: images driving a neuron to a fraction of its MEI's response, diverse
+    -> self.mei_table
+    -> self.method_table.proj(variants_method_fn="method_fn", variants_method_hash="method_hash")
+    -> self.seed_table.proj(variants_seed="mei_seed")
+    ---
+    n_variants          : {int}     # number of variants
+    reference           : {float}   # the MEI's response, which the fractions are of
+    diversity           : {float}   # mean pairwise distance between the variants
+    diversity_index     : {float}   # diversity in [0, 1] (see mei.variants)
+    variants            : {file}    # the images, (n_variants, C, ...)
+    output              : {file}    # object returned by the method function
+    """
+
+    class Variant(_Table):
+        """Each variant's response."""
+
+        definition_template = """
+        # the response of each variant
+        -> master
+        variant             : {int}     # its index in variants
+        ---
+        response            : {float}   # the neuron's response to it
+        fraction            : {float}   # response / reference
+        """
+
+        @property
+        def definition(self) -> str:
+            return self.definition_template.format(**backend().types)
+
+    mei_table: Any = RequiredLink("MEI")
+    method_fns: tuple[str, ...] | None = ("mei.variants.exciting_variants",)
+    """The method functions this table computes (``None``: every method row)."""
+
+    @property
+    def trained_model_table(self) -> Any:
+        """The MEI table's trained model table."""
+        return self.mei_table.trained_model_table
+
+    @property
+    def key_source(self) -> Any:
+        """DataJoint's key source (MEI rows x method rows x seeds) for the method rows of
+        :attr:`method_fns`."""
+        source = super().key_source  # type: ignore[misc]
+        if self.method_fns is None:
+            return source
+        methods = self.method_table() & [{"method_fn": fn} for fn in self.method_fns]
+        return source & methods.proj(
+            variants_method_fn="method_fn", variants_method_hash="method_hash"
+        )
+
+    def methods_of(self, keys: Any) -> list[Key]:
+        """The method rows (keys) that ``keys`` of this table use (for the device check)."""
+        rows = backend().to_dicts(keys.proj("variants_method_fn", "variants_method_hash"))
+        found = {(r["variants_method_fn"], r["variants_method_hash"]) for r in rows}
+        return [{"method_fn": fn, "method_hash": h} for fn, h in sorted(found)]
+
+    def make_fetch(self, key: Key) -> tuple[str, Any, int]:
+        """The variants method and seed of ``key`` (fetched again before inserting)."""
+        method = {
+            "method_fn": key["variants_method_fn"],
+            "method_hash": key["variants_method_hash"],
+        }
+        method_fn, method_config = (self.method_table() & method).fetch1(
+            "method_fn", "method_config"
+        )
+        return method_fn, method_config, check_seed(key["variants_seed"], "variants_seed")
+
+    def make_compute(
+        self, key: Key, method_fn: str, method_config: Any, seed: int
+    ) -> tuple[Tensor, Any, list[Key], Key]:
+        """Load the stored MEI and (or reuse) the model, select the neuron and run the method:
+        no transaction. Returns the variants, the output, the ``Variant`` rows and the row's
+        numbers."""
+        mei_key = {name: key[name] for name in _primary_key(self.mei_table)}
+        mei = self.mei_table().load_mei(mei_key)
+        variants, output = run.compute_variants_key(
+            self, key, (method_fn, method_config, seed), mei
+        )
+        reference = float(output["reference"])
+        rows = [
+            dict(key, variant=i, response=float(r), fraction=float(r) / reference)
+            for i, r in enumerate(output["responses"])
+        ]
+        numbers = {
+            "n_variants": len(variants),
+            "reference": reference,
+            "diversity": float(output["diversity"]),
+            "diversity_index": float(output["diversity_index"]),
+        }
+        return variants, output, rows, numbers
+
+    def make_insert(
+        self, key: Key, variants: Tensor, output: Any, rows: list[Key], numbers: Key
+    ) -> None:
+        """Store the variants and ``output`` as files, insert the row and its ``Variant``
+        rows; a failure leaves none of them."""
+        backend().insert_with_parts(
+            self,
+            dict(key, **numbers),
+            {"variants": variants, "output": output},
+            self.storage,
+            [(self.Variant(), rows)],
+        )
+
+    def populate(self, *restrictions: Any, **kwargs: Any) -> Any:
+        """DataJoint's ``populate``, after refusing keys whose variants method asks for a
+        device this machine lacks (:func:`mei.dj.populate.check_devices`) and a store that
+        does not take files (:func:`mei.dj.store.check_store`)."""
+        with populate_session(self.connection, f"{type(self).__name__}.populate"):
+            _populate.check_devices(self, *restrictions)
+            check_store(self)
+            return super().populate(*restrictions, **kwargs)  # type: ignore[misc]
+
+    def load_variants(self, key: Mapping[str, Any] | None = None) -> Tensor:
+        """The variants of one row, ``(n_variants, C, ...)`` (``key=None``: this restricted
+        table's row)."""
+        variants: Tensor = backend().load_file(self & key if key is not None else self, "variants")
+        return variants
+
+    def load_mei(self, key: Mapping[str, Any] | None = None) -> Tensor:
+        """:meth:`load_variants`, under the MEI table's name."""
+        return self.load_variants(key)

@@ -16,6 +16,8 @@ Templates (undecorated; subclass them, set their links, decorate with your schem
   links ``trained_model_table``, ``neuron_set_table``, ``method_table`` and ``seed_table``.
 - :class:`MEIValidationTemplate`: MEIs scored on validating models and against their units'
   best natural images; links ``mei_table`` and ``validating_model_table``.
+- :class:`ExcitingVariantsTemplate` (with part ``Variant``): exciting variants of stored
+  MEIs (:mod:`mei.variants`): links ``mei_table``, ``method_table`` and ``seed_table``.
 
 Ready tables: :class:`MEIMethod` and :class:`MEISeed` live in :data:`schema`. Importing this
 module connects to nothing; the schema is activated on first use of either table (or of a
@@ -39,6 +41,7 @@ from .backend import backend
 __all__ = [
     "CSRFV1ObjectiveTemplate",
     "CSRFV1SelectorTemplate",
+    "ExcitingVariantsTemplate",
     "MDSTemplate",
     "MEIMethod",
     "MEISeed",
@@ -184,3 +187,21 @@ class MEIValidationTemplate(tables.MEIValidationTemplateMixin, dj.Computed):
     your schema and ``populate()`` it (``populate(batch_size=64)``: 64 MEIs of one validating
     model per forward pass). ``top_k`` and ``tier`` choose the natural images.
     """
+
+
+class ExcitingVariantsTemplate(tables.ExcitingVariantsTemplateMixin, dj.Computed):
+    """Exciting variants table template: for each stored MEI, images that each drive its
+    neuron to a fraction of the MEI's response, as different as possible (:mod:`mei.variants`).
+
+    Subclass it, set ``mei_table`` (your MEI table; and, to use other tables than this
+    module's, ``method_table`` and ``seed_table``), decorate it with your schema, add a method
+    row for ``mei.variants.exciting_variants`` and ``populate()`` it. :meth:`load_variants`
+    gives the images, the part ``Variant`` each one's response, :meth:`load_output` the
+    method's output.
+    """
+
+    class Variant(tables.ExcitingVariantsTemplateMixin.Variant, dj.Part):
+        """Variant table template."""
+
+    method_table: Any = _DefaultTable("MEIMethod")
+    seed_table: Any = _DefaultTable("MEISeed")

@@ -136,3 +136,32 @@ class TwoCellTypes(nn.Module):
 
     def forward(self, x):
         return nn.functional.softplus(x.flatten(1) @ self.weights.T)
+
+
+class PhaseCells(nn.Module):
+    """Neurons on one quadrature pair of Gabors (orthonormal ``even``, ``odd``): unit 0 a
+    phase-invariant complex cell (energy model) ``sqrt((even.x)^2 + (odd.x)^2)``, unit 1 a
+    linear simple cell ``even.x``, units 2-4 rectified simple cells ``relu(-even.x)``,
+    ``relu(odd.x)``, ``relu(-odd.x)`` (the population whose responses tell phases apart).
+    Under a fixed norm ``n`` units 0 and 1 have the MEI response ``n``; the complex cell's
+    MEIs are every image ``n (cos a even + sin a odd)``, the simple cell's only ``n even``."""
+
+    def __init__(self, size=15, theta=0.6, wavelength=6.0, sigma=2.5):
+        super().__init__()
+        even = gabor(size, sigma=sigma, theta=theta, wavelength=wavelength, phase=0.0)
+        odd = gabor(size, sigma=sigma, theta=theta, wavelength=wavelength, phase=torch.pi / 2)
+        even = even / even.norm()
+        odd = odd - (odd * even).sum() * even
+        odd = odd / odd.norm()
+        self.register_buffer("pair", torch.stack([even, odd])[:, None])  # (2, 1, H, W)
+
+    def phases(self, x):
+        """The projections of inputs ``(B, 1, H, W)`` on ``(even, odd)``, ``(B, 2)``."""
+        return x.flatten(1) @ self.pair.flatten(1).T
+
+    def forward(self, x):
+        p = self.phases(x)
+        energy = torch.sqrt((p**2).sum(1) + 1e-8)
+        even, odd = p[:, 0], p[:, 1]
+        relu = nn.functional.relu
+        return torch.stack([energy, even, relu(-even), relu(odd), relu(-odd)], dim=1)

@@ -93,6 +93,15 @@ PUBLIC = {
         "top_natural_images",
         "validate_meis",
     ],
+    "mei.variants": [
+        "exciting_variants",
+        "exciting_variants_units",
+        "diversity_index",
+        "mean_pairwise_distance",
+        "ExcitingVariantsObjective",
+        "VARIANTS_DEFAULTS",
+        "validate_variants_config",
+    ],
     "mei.legacy.ops": [
         "GaussianBlur",
         "ChangeNorm",
