@@ -546,6 +546,19 @@ class MEITemplateMixin(_ModelTableMixin):
 
     trained_model_table: Any = RequiredLink("TrainedEnsembleModel")
     selector_table: Any = RequiredLink("Selector", alias="objective_table")
+    other_method_fns: tuple[str, ...] = ("mei.clustering.mds", "mei.variants.exciting_variants")
+    """Method functions of the other tables (MDS, exciting variants) that this table leaves
+    alone when they share its method table: one MEI per unit is not what they compute."""
+
+    @property
+    def key_source(self) -> Any:
+        """DataJoint's key source (the product of the linked tables) without the method rows
+        of :attr:`other_method_fns`."""
+        source = super().key_source  # type: ignore[misc]
+        if not self.other_method_fns:
+            return source
+        others = self.method_table() & [{"method_fn": fn} for fn in self.other_method_fns]
+        return source - others.proj()
 
     @run.builtin
     def make_fetch(self, key: Key) -> tuple[str, Any, int]:

@@ -74,6 +74,10 @@ def test_variants_of_a_complex_and_a_simple_cell_are_stored_with_their_responses
     method = mei_main.MEIMethod().add_method(
         "mei.variants.exciting_variants", VARIANTS_CONFIG, comment="variants"
     )
+    # the MEI table shares the method table and leaves the variants row alone
+    assert len(backend().todo(lab.MEI(), ())) == 0
+    assert lab.MEI().populate(suppress_errors=True)["error_list"] == []
+    assert len(lab.MEI()) == 2
     lab.Variants().populate()
     assert len(lab.Variants()) == 2
     assert len(lab.Variants.Variant()) == 16
