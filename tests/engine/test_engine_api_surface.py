@@ -75,6 +75,7 @@ PUBLIC = {
         "EnsembleModel",
         "CEIObjective",
         "VEIObjective",
+        "LayerResponse",
     ],
     "mei.import_helpers": [
         "import_object",
