@@ -580,6 +580,7 @@ def run_batch(
         )
         scores, inputs = optimize(mei, stoppers, trackers, progress=bar, score=method.score)
         _log_moments(objective, trackers, mei.i_iter - 1)
+        _log_outputs(parameterization, trackers, mei, method.n_meis)
     inputs = inputs.cpu()
     rows = method.n_meis
     return [
@@ -627,6 +628,23 @@ def _log_moments(objective: CEIObjective | None, trackers: Sequence[Tracker], st
         flat = values.detach().reshape(len(trackers), -1)[:, 0].cpu().tolist()
         for tracker, value in zip(trackers, flat, strict=True):
             tracker.log[name] = {"times": [step], "values": [value]}
+
+
+def _log_outputs(component: Any, trackers: Sequence[Tracker], mei: MEI, rows: int) -> None:
+    """What a component keeps for the run's output (``component.outputs()``: name -> tensor
+    with one row per input row, e.g. :class:`~mei.parameterization.PhaseFourier`'s
+    attribution map) goes into each element's log as ``{"times": [the element's last step],
+    "values": [its rows]}``."""
+    outputs = getattr(component, "outputs", None)
+    if not callable(outputs):
+        return
+    for name, values in outputs().items():
+        values = values.detach().cpu()
+        for b, tracker in enumerate(trackers):
+            tracker.log[name] = {
+                "times": [mei.stopped_at.get(b, mei.i_iter - 1)],
+                "values": [values[b * rows : (b + 1) * rows].clone()],
+            }
 
 
 def _check_custom_class(method: MethodConfig, seeds: Sequence[int]) -> None:

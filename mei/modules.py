@@ -391,6 +391,11 @@ class TimeWindowResponse(nn.Module):
         )
 
 
+def _is_int(value: Any) -> bool:
+    """An integer, not a bool (numpy integers too: a config fetched from a table)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 class _LayerReached(Exception):
     """Raised by :class:`LayerResponse`'s hook to stop the forward pass after the layer."""
 
@@ -479,12 +484,12 @@ class LayerResponse(nn.Module):
 
     @staticmethod
     def check_arguments(
-        layer: str,
-        position: str | Sequence[int] = "mean",
-        start: int | None = None,
-        stop: int | None = None,
-        time_reduce: str = "mean",
-        truncate: bool = True,
+        layer: Any,
+        position: Any = "mean",
+        start: Any = None,
+        stop: Any = None,
+        time_reduce: Any = "mean",
+        truncate: Any = True,
     ) -> None:
         """Raise ``ValueError`` for arguments no model can take (a config is checked so,
         before a model is there)."""
@@ -496,17 +501,13 @@ class LayerResponse(nn.Module):
             if position not in ("mean", "center"):
                 raise ValueError(f"position must be 'mean', 'center' or [y, x], got {position!r}")
         elif (
-            not isinstance(position, Sequence)
+            not hasattr(position, "__len__")  # a list, a tuple (a numpy array from a table)
             or len(position) != 2
-            or not all(
-                isinstance(p, numbers.Integral) and not isinstance(p, bool) for p in position
-            )
+            or not all(_is_int(p) for p in position)
         ):
             raise ValueError(f"position must be 'mean', 'center' or [y, x], got {position!r}")
         for name, value in (("start", start), ("stop", stop)):
-            if value is not None and (
-                not isinstance(value, numbers.Integral) or isinstance(value, bool)
-            ):
+            if value is not None and not _is_int(value):
                 raise ValueError(f"{name} must be an int or None, got {value!r}")
         if time_reduce not in ("mean", "sum"):
             raise ValueError(f"time_reduce must be 'mean' or 'sum', got {time_reduce!r}")
@@ -559,10 +560,14 @@ class LayerResponse(nn.Module):
         if self.position == "mean":
             reduced: Tensor = output.mean(dim=(-2, -1))
             return reduced
-        y, x = (height // 2, width // 2) if self.position == "center" else self.position
+        if isinstance(self.position, str):  # "center"
+            y, x = height // 2, width // 2
+        else:
+            y, x = self.position
         if not (-height <= y < height and -width <= x < width):
             raise ModelError(f"position [{y}, {x}] is outside the layer's {height} x {width} units")
-        return output[:, :, y, x]
+        unit: Tensor = output[:, :, y, x]
+        return unit
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         if self._members is None:

@@ -101,6 +101,13 @@ PUBLIC = {
         "RandomCrop",
         "Identity",
     ],
+    "mei.parameterization": [
+        "Pixel",
+        "Fourier",
+        "PhaseFourier",
+        "magnitude_spectrum",
+        "power_law_magnitude",
+    ],
 }
 
 
