@@ -692,7 +692,8 @@ def gradient_ascent(
     Returns the MEI (CPU tensor, ``(n_meis, C, H, W)``), its score (by default the
     evaluation of the last step, as the original library returned it; ``"score": "final"``
     in the config: the model's evaluation of the returned MEI) and the tracker's log
-    ``{objective path: {"times": [...], "values": [...]}}``.
+    ``{objective path: {"times": [...], "values": [...]}}``, with what the parameterization
+    keeps for the output (:class:`~mei.parameterization.PhaseFourier`: ``"attribution"``).
 
     ``mei_class``: a class to make the MEI with instead of :class:`~mei.optimization.MEI`,
     called as the original library called it (see :func:`run_batch`): a lab's subclass that

@@ -15,6 +15,11 @@ frequencies most (a decorrelated parameterization of natural images).
 image's magnitude spectrum is fixed (a ``1 / f`` power law, or the lab's images' spectrum from
 :func:`magnitude_spectrum`) and only its phase is optimized; it also keeps MaCo's attribution
 map, where the gradient accumulated over the optimization (returned in the run's output).
+
+A parameterization may keep something for the run's output: the engine puts what its
+``outputs() -> {name: tensor with one row per input row}`` returns after the last step into
+each element's output (``{name: {"times": [the element's last step], "values": [its rows]}}``),
+and calls its ``stop_rows(rows)`` when elements of a batched run stop before the others.
 """
 
 from __future__ import annotations

@@ -189,3 +189,18 @@ class ToyVideoConvNet(nn.Module):
     def forward(self, x):
         hidden = nn.functional.elu(self.conv(x))  # (B, C, T', H', W')
         return nn.functional.softplus(self.readout(hidden.mean(dim=(2, 3, 4))))
+
+
+class PlacedGabor(nn.Module):
+    """A simple cell whose Gabor (21 x 21) sits at rows/columns ``top``/``left`` of a
+    ``size x size`` image: ``softplus(w . x)``."""
+
+    def __init__(self, top=2, left=9, theta=0.6, size=32):
+        super().__init__()
+        weight = torch.zeros(1, 1, size, size)
+        weight[0, 0, top : top + 21, left : left + 21] = gabor(21, theta=theta)
+        self.register_buffer("weight", weight)
+        self.centre = (top + 10, left + 10)
+
+    def forward(self, x):
+        return nn.functional.softplus((x * self.weight).flatten(1).sum(1, keepdim=True))

@@ -229,3 +229,17 @@ def test_a_bad_layer_response_entry_names_key_and_path(kwargs, message):
         ConfigError, match=r"config\['response'\] \(mei.modules.LayerResponse\): .*" + message
     ):
         validate_config(config)
+
+
+def test_a_captured_run_gives_the_eager_numbers(caplog):
+    """The hook runs in the captured step's forward like in the eager one (on the CPU the
+    captured path runs the same step function and copies its results into fixed buffers)."""
+    net = ToyConvNet()
+    config = _config()
+    eager = gradient_ascent(None, ConstrainedOutputModel(net, 1), config, 0, shape=SHAPE)
+    with caplog.at_level(logging.WARNING, "mei.capture"):
+        captured = gradient_ascent(
+            None, ConstrainedOutputModel(net, 1), {**config, "capture": True}, 0, shape=SHAPE
+        )
+    assert not [r for r in caplog.records if r.name == "mei.capture"], caplog.text
+    assert torch.equal(eager[0], captured[0]) and eager[1] == captured[1]

@@ -6,8 +6,7 @@ import logging
 
 import pytest
 import torch
-from models import LinearNeurons, SeparableVideoNeurons, base_config, gabor
-from torch import nn
+from models import LinearNeurons, PlacedGabor, SeparableVideoNeurons, base_config
 from torch.nn.functional import cosine_similarity
 
 from mei.config import validate_config
@@ -33,21 +32,6 @@ def _config(**overrides):
     del config["postprocessing"]
     config.update(overrides)
     return config
-
-
-class PlacedGabor(nn.Module):
-    """A simple cell whose Gabor (21 x 21) sits at rows/columns ``top``/``left`` of a
-    ``SIZE x SIZE`` image: ``softplus(w . x)``."""
-
-    def __init__(self, top=2, left=9, theta=0.6):
-        super().__init__()
-        weight = torch.zeros(1, 1, SIZE, SIZE)
-        weight[0, 0, top : top + 21, left : left + 21] = gabor(21, theta=theta)
-        self.register_buffer("weight", weight)
-        self.centre = (top + 10, left + 10)
-
-    def forward(self, x):
-        return nn.functional.softplus((x * self.weight).flatten(1).sum(1, keepdim=True))
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 1, 7, 9), (2, 2, 3, 6, 5), (3, 1, 16, 12)])
