@@ -285,6 +285,8 @@ class PhaseFourier(Component):
             )
         if not bool(torch.isfinite(given).all()) or bool((given < 0).any()):
             raise ValueError("magnitude must be finite and >= 0")
+        if not bool((given > 0).any()):
+            raise ValueError("magnitude is zero everywhere: every image would be blank")
         return given
 
     def check_shape(self, shape: Sequence[int]) -> None:

@@ -227,6 +227,7 @@ def test_the_magnitude_spectrum_of_a_labs_images():
         ({"attribution": "saliency"}, None, r"attribution must be one of"),
         ({"magnitude": [1.0, 2.0]}, None, r"magnitude must be \(H, W // 2 \+ 1\)"),
         ({"magnitude": [[1.0, -2.0]]}, None, r"magnitude must be finite and >= 0"),
+        ({"magnitude": [[0.0, 0.0]]}, None, r"magnitude is zero everywhere"),
         ({}, (1, 8, 8), r"PhaseFourier expects images \(B, C, H, W\) or movies"),
         ({"magnitude": [[1.0] * 5] * 8}, (1, 1, 8, 10), r"magnitude \(8, 5\) does not fit"),
     ],
