@@ -115,3 +115,32 @@ def test_a_method_row_stores_the_maco_mei_and_its_attribution_map(schema, mei_ma
             torch.testing.assert_close(mei, expected, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(attribution, engine_output["attribution"]["values"][0])
             assert math.isclose((lab.MEI & key).fetch1("score"), score, rel_tol=1e-5)
+
+
+def test_a_method_row_with_a_given_magnitude_spectrum(schema, mei_main):
+    """The magnitude of a lab's images, stored in the method row as nested lists: the stored
+    MEI has that spectrum (scaled to the norm) and the engine's numbers."""
+    lab = run_path_lab.declare(schema, n_units=1)
+    magnitude = torch.arange(1.0, 13.0).reshape(4, 3)
+    magnitude[:, 0] = torch.tensor([1.0, 2.0, 3.0, 2.0])  # row k equals row -k: real images
+    magnitude[:, 2] = torch.tensor([4.0, 5.0, 6.0, 5.0])
+    config = {
+        **PHASE_CONFIG,
+        "parameterization": {
+            "path": "mei.parameterization.PhaseFourier",
+            "kwargs": {"magnitude": magnitude.tolist(), "norm": 2.0},
+        },
+    }
+    method = mei_main.MEIMethod().add_method("mei.methods.gradient_ascent", config)
+    mei_main.MEISeed().insert1({"mei_seed": SEED})
+    lab.MEI().populate()
+    key = {**method, "mei_seed": SEED, "neuron_id": 0}
+    mei = lab.MEI().load_mei(key)
+    spectrum = torch.fft.rfft2(mei, norm="ortho").abs()[0, 0]
+    torch.testing.assert_close(spectrum / spectrum[0, 0], magnitude / magnitude[0, 0])
+    assert math.isclose(float(mei.norm()), 2.0, rel_tol=1e-5)
+    loaders, ensemble = lab.TrainedEnsembleModel().load_model(
+        backend().keys(lab.TrainedEnsembleModel())[0]
+    )
+    expected, _, _ = gradient_ascent(loaders, ConstrainedOutputModel(ensemble, 0), config, SEED)
+    torch.testing.assert_close(mei, expected, rtol=1e-5, atol=1e-5)
