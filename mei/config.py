@@ -620,7 +620,16 @@ def _check_built(spec: ComponentSpec[Any]) -> None:
 
 def _check_response(spec: ComponentSpec[Any]) -> None:
     """Build the response around a stand-in model: it must take the model as its first
-    argument and be a module (it becomes part of the model for the run)."""
+    argument and be a module (it becomes part of the model for the run). A factory whose
+    arguments only a real model can check (:class:`mei.modules.LayerResponse` names one of its
+    layers) has ``check_arguments(**kwargs)`` instead, which checks what it can without one."""
+    check = getattr(spec.factory, "check_arguments", None)
+    if callable(check):
+        try:
+            check(**spec.kwargs)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e), key=spec.key, path=spec.path) from None
+        return
     wrapped = spec.build(nn.Identity())
     if not isinstance(wrapped, nn.Module):
         raise ConfigError(

@@ -587,6 +587,7 @@ def run_batch(
         )
         scores, inputs = optimize(mei, stoppers, trackers, progress=bar, score=method.score)
         _log_moments(objective, trackers, mei.i_iter - 1)
+        _log_outputs(parameterization, trackers, mei, method.n_meis)
     inputs = inputs.cpu()
     rows = method.n_meis
     return [
@@ -636,6 +637,23 @@ def _log_moments(objective: CEIObjective | None, trackers: Sequence[Tracker], st
             tracker.log[name] = {"times": [step], "values": [value]}
 
 
+def _log_outputs(component: Any, trackers: Sequence[Tracker], mei: MEI, rows: int) -> None:
+    """What a component keeps for the run's output (``component.outputs()``: name -> tensor
+    with one row per input row, e.g. :class:`~mei.parameterization.PhaseFourier`'s
+    attribution map) goes into each element's log as ``{"times": [the element's last step],
+    "values": [its rows]}``."""
+    outputs = getattr(component, "outputs", None)
+    if not callable(outputs):
+        return
+    for name, values in outputs().items():
+        values = values.detach().cpu()
+        for b, tracker in enumerate(trackers):
+            tracker.log[name] = {
+                "times": [mei.stopped_at.get(b, mei.i_iter - 1)],
+                "values": [values[b * rows : (b + 1) * rows].clone()],
+            }
+
+
 def _check_custom_class(method: MethodConfig, seeds: Sequence[int]) -> None:
     """A run with a lab's MEI class is one MEI made as the original library made it."""
     if len(seeds) != 1:
@@ -681,7 +699,8 @@ def gradient_ascent(
     Returns the MEI (CPU tensor, ``(n_meis, C, H, W)``), its score (by default the
     evaluation of the last step, as the original library returned it; ``"score": "final"``
     in the config: the model's evaluation of the returned MEI) and the tracker's log
-    ``{objective path: {"times": [...], "values": [...]}}``.
+    ``{objective path: {"times": [...], "values": [...]}}``, with what the parameterization
+    keeps for the output (:class:`~mei.parameterization.PhaseFourier`: ``"attribution"``).
 
     ``mei_class``: a class to make the MEI with instead of :class:`~mei.optimization.MEI`,
     called as the original library called it (see :func:`run_batch`): a lab's subclass that

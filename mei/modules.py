@@ -1,6 +1,6 @@
 """Model wrappers: select one output unit, average an ensemble, select one unit per element,
-reduce a video model's responses over a time window, contrast clusters of units; check a
-model's first response.
+reduce a video model's responses over a time window, read an inner layer's channels
+(:class:`LayerResponse`), contrast clusters of units; check a model's first response.
 
 The wrappers that select units of a model name the attribute(s) holding that model in
 ``inner_models``; :func:`wrap_inner` puts something between a wrapper and its model (the
@@ -11,6 +11,7 @@ before the unit is selected).
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +20,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from .errors import ModelError
+from .errors import ModelError, list_names
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -387,6 +388,197 @@ class TimeWindowResponse(nn.Module):
         return (
             f"start={self.start!r}, stop={self.stop!r}, reduce={self.reduce!r}, "
             f"time_dim={self.time_dim!r}"
+        )
+
+
+def _is_int(value: Any) -> bool:
+    """An integer, not a bool (numpy integers too: a config fetched from a table)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+class _LayerReached(Exception):
+    """Raised by :class:`LayerResponse`'s hook to stop the forward pass after the layer."""
+
+
+def _layer_names(model: nn.Module) -> list[str]:
+    return [name for name, _ in model.named_modules() if name]
+
+
+def _find_layer(model: nn.Module, layer: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(layer)
+    except AttributeError:
+        return None
+
+
+def _no_layer(model: nn.Module, layer: str) -> ModelError:
+    names = _layer_names(model)
+    close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+    hint = f"; close matches: {list_names(close)}" if close else ""
+    return ModelError(
+        f"the model ({type(model).__name__}) has no layer {layer!r}{hint}; its layers: "
+        f"{list_names(names, limit=12)} (name a module path as model.get_submodule takes it)"
+    )
+
+
+class LayerResponse(nn.Module):
+    """The channels of an inner layer of ``model``, as its outputs: ``(B, ...) -> (B, C)``.
+
+    A forward hook on ``model.get_submodule(layer)`` takes the layer's output during the
+    model's forward pass; with ``truncate`` (the default) the pass stops there, so the layers
+    after it are not computed. The hook is registered for each call and removed when the
+    call ends, also when it raises, so the model is left as it was.
+
+    The layer's output is reduced to one value per channel:
+
+    - ``(B, C)`` (a linear layer): as it is;
+    - ``(B, C, H, W)``: ``position="mean"`` averages over space (the channel's mean
+      activation), ``"center"`` takes the unit at ``(H // 2, W // 2)``, ``[y, x]`` the unit
+      there;
+    - ``(B, C, T, H, W)`` (a video layer): first the frames ``[start:stop]`` (Python slice
+      semantics: ``start=-1`` is the last frame), reduced by ``time_reduce`` (``"mean"`` or
+      ``"sum"``), then space as for images.
+
+    Wrap the model before selecting a channel,
+    ``ConstrainedOutputModel(LayerResponse(model, "core.features.layer1"), 5)``, or name it
+    in a method config's ``response`` entry (``{"path": "mei.modules.LayerResponse",
+    "kwargs": {"layer": "core.features.layer1", "position": "center"}}``), which does that for
+    the run. An :class:`EnsembleModel` whose members all have ``layer`` (and that has no such
+    module itself) gets the mean of the members' channels. A wrong name raises
+    :class:`~mei.errors.ModelError` listing close matches.
+    """
+
+    elementwise = True
+    """Each element's channels are reduced on their own (batched runs equal single runs)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str,
+        position: str | Sequence[int] = "mean",
+        start: int | None = None,
+        stop: int | None = None,
+        time_reduce: str = "mean",
+        truncate: bool = True,
+    ):
+        super().__init__()
+        self.check_arguments(layer, position, start, stop, time_reduce, truncate)
+        self.model = model
+        self.layer = layer
+        self.position = position if isinstance(position, str) else [int(p) for p in position]
+        self.start = start
+        self.stop = stop
+        self.time_reduce = time_reduce
+        self.truncate = truncate
+        self._members: list[nn.Module] | None = None
+        if _find_layer(model, layer) is None:
+            members = getattr(model, "members", None)
+            if (
+                isinstance(model, EnsembleModel)
+                and members is not None
+                and all(_find_layer(m, layer) is not None for m in members)
+            ):
+                self._members = list(members)
+            else:
+                raise _no_layer(model, layer)
+
+    @staticmethod
+    def check_arguments(
+        layer: Any,
+        position: Any = "mean",
+        start: Any = None,
+        stop: Any = None,
+        time_reduce: Any = "mean",
+        truncate: Any = True,
+    ) -> None:
+        """Raise ``ValueError`` for arguments no model can take (a config is checked so,
+        before a model is there)."""
+        if not isinstance(layer, str) or not layer:
+            raise ValueError(
+                f"layer must be a module path such as 'core.features.0', got {layer!r}"
+            )
+        if isinstance(position, str):
+            if position not in ("mean", "center"):
+                raise ValueError(f"position must be 'mean', 'center' or [y, x], got {position!r}")
+        elif (
+            not hasattr(position, "__len__")  # a list, a tuple (a numpy array from a table)
+            or len(position) != 2
+            or not all(_is_int(p) for p in position)
+        ):
+            raise ValueError(f"position must be 'mean', 'center' or [y, x], got {position!r}")
+        for name, value in (("start", start), ("stop", stop)):
+            if value is not None and not _is_int(value):
+                raise ValueError(f"{name} must be an int or None, got {value!r}")
+        if time_reduce not in ("mean", "sum"):
+            raise ValueError(f"time_reduce must be 'mean' or 'sum', got {time_reduce!r}")
+        if not isinstance(truncate, bool):
+            raise ValueError(f"truncate must be True or False, got {truncate!r}")
+
+    def _activation(self, model: nn.Module, x: Tensor, args: Any, kwargs: Any) -> Tensor:
+        """The layer's output for ``x``, reduced to ``(B, C)``."""
+        seen: list[Any] = []
+
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            seen.append(output)
+            if self.truncate:
+                raise _LayerReached
+
+        handle = model.get_submodule(self.layer).register_forward_hook(hook)
+        try:
+            model(x, *args, **kwargs)
+        except _LayerReached:
+            pass
+        finally:
+            handle.remove()
+        if not seen:
+            raise ModelError(f"the layer {self.layer!r} was not called in the model's forward pass")
+        return self._reduce(seen[0])
+
+    def _reduce(self, output: Any) -> Tensor:
+        if not isinstance(output, Tensor) or output.dim() not in (2, 4, 5):
+            got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ModelError(
+                f"the layer {self.layer!r} gave {got}; LayerResponse reads (B, C), images "
+                "(B, C, H, W) or movies (B, C, T, H, W)"
+            )
+        if output.dim() == 2:
+            return output
+        if output.dim() == 5:
+            window = output[:, :, self.start : self.stop]
+            if window.shape[2] == 0:
+                raise ModelError(
+                    f"the window [{self.start}:{self.stop}] holds none of the layer's "
+                    f"{output.shape[2]} frames"
+                )
+            output = getattr(window, self.time_reduce)(dim=2)
+        elif self.start is not None or self.stop is not None:
+            raise ModelError(
+                f"start/stop select frames, and the layer {self.layer!r} gave images "
+                f"{tuple(output.shape)} without a time axis"
+            )
+        height, width = output.shape[-2:]
+        if self.position == "mean":
+            reduced: Tensor = output.mean(dim=(-2, -1))
+            return reduced
+        if isinstance(self.position, str):  # "center"
+            y, x = height // 2, width // 2
+        else:
+            y, x = self.position
+        if not (-height <= y < height and -width <= x < width):
+            raise ModelError(f"position [{y}, {x}] is outside the layer's {height} x {width} units")
+        unit: Tensor = output[:, :, y, x]
+        return unit
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        if self._members is None:
+            return self._activation(self.model, x, args, kwargs)
+        channels = [self._activation(m, x, args, kwargs) for m in self._members]
+        return torch.stack(channels).mean(dim=0)
+
+    def extra_repr(self) -> str:
+        return (
+            f"layer={self.layer!r}, position={self.position!r}, start={self.start!r}, "
+            f"stop={self.stop!r}, time_reduce={self.time_reduce!r}, truncate={self.truncate!r}"
         )
 
 

@@ -182,6 +182,8 @@ class MEI:
         self.i_iter = 0
         # (mask (B, 1, ...) bool, values): the elements that stopped and their inputs
         self._frozen: tuple[Tensor, Tensor] | None = None
+        #: the last step of each element frozen before the others stopped (:meth:`freeze`)
+        self.stopped_at: dict[int, int] = {}
         self._closure_step = _takes_closure(optimizer)
         if _is_tensor(self._input):
             self._evaluation_sum = torch.zeros(
@@ -665,6 +667,10 @@ class MEI:
         index = torch.as_tensor(rows, dtype=torch.long, device=x.device)
         mask[index] = True
         values[index] = x[index]
+        self.stopped_at.update(dict.fromkeys(indices, self.i_iter - 1))
+        stop_rows = getattr(self.parameterization, "stop_rows", None)
+        if callable(stop_rows):  # e.g. PhaseFourier's attribution stops growing for them
+            stop_rows(rows)
 
     def check_finite(self) -> None:
         """Raise :class:`~mei.errors.NonFiniteError` if any evaluation so far was NaN or inf."""

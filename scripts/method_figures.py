@@ -6,8 +6,9 @@ Runs on the CPU in about a minute, on the small models with known answers from t
 tests (tests/engine/models.py): a separable space-time neuron (video MEI as a frame strip and
 a GIF), UV/green constraints, Fourier vs pixel parameterization, diverse MEIs of a neuron with
 two preferred stimuli, the most discriminative stimuli of two cell types, MEIs validated on
-other models and against the best natural images of a dataset (docs/validation.md), and the
-exciting variants of a complex and a simple cell (docs/variants.md).
+other models and against the best natural images of a dataset (docs/validation.md), the
+exciting variants of a complex and a simple cell (docs/variants.md), the channels of a toy
+conv net's inner layers, and MaCo (phase-only Fourier) with its attribution map.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ sys.path.insert(0, str(ROOT / "tests" / "engine"))
 from models import (  # noqa: E402  (the test models live next to the tests)
     GaborNeuron,
     PhaseCells,
+    PlacedGabor,
     SeparableVideoNeurons,
+    ToyConvNet,
     TwoCellTypes,
     TwoStimulusNeuron,
     base_config,
@@ -33,7 +36,7 @@ from models import (  # noqa: E402  (the test models live next to the tests)
 
 from mei.clustering import mds_clustering  # noqa: E402
 from mei.methods import gradient_ascent  # noqa: E402
-from mei.modules import ConstrainedOutputModel, TimeWindowResponse  # noqa: E402
+from mei.modules import ConstrainedOutputModel, LayerResponse, TimeWindowResponse  # noqa: E402
 from mei.plot import plot_frames, plot_meis, plot_validation, save_gif  # noqa: E402
 from mei.validation import read_images, validate_meis  # noqa: E402
 from mei.variants import exciting_variants_units  # noqa: E402
@@ -220,10 +223,71 @@ def variants(out: Path) -> None:
     )
 
 
+def inner_units(out: Path) -> None:
+    net = ToyConvNet()
+    config = _sgd(1.0, 60, 5.0)
+    rows = []
+    for layer, position in (("core.features.0", "center"), ("core.features.2", "mean")):
+        model = LayerResponse(net, layer, position)
+        rows += [
+            gradient_ascent(None, ConstrainedOutputModel(model, k), config, k, shape=(1, 1, 15, 15))
+            for k in range(4)
+        ]
+    filters = torch.zeros(4, 1, 15, 15)
+    filters[:, 0, 4:11, 4:11] = net.core.features[0].weight[:, 0].detach()
+    titles = [f"conv1 #{k} centre, cos {_cos(rows[k][0], filters[k]):.2f}" for k in range(4)]
+    titles += [f"conv2 #{k} mean" for k in range(4)]
+    titles += [f"conv1 #{k} filter" for k in range(4)]
+    plot_meis(
+        torch.cat([m for m, _, _ in rows] + [filters]),
+        titles=titles,
+        ncols=4,
+        suptitle="inner units of a toy conv net (LayerResponse)",
+        path=out / "inner-units.png",
+    )
+
+
+def maco(out: Path) -> None:
+    neuron = PlacedGabor(top=2, left=9)
+    model = ConstrainedOutputModel(neuron, 0)
+    shape = (1, 1, 32, 32)
+    sgd = _sgd(0.1, 150, 32.0)
+    fourier = {"path": "mei.parameterization.Fourier", "kwargs": {"fixed_norm": True}}
+    pixel_mei = gradient_ascent(None, model, sgd, 0, shape=shape)[0]
+    fourier_mei = gradient_ascent(None, model, dict(sgd, parameterization=fourier), 0, shape=shape)[
+        0
+    ]
+    # MaCo: Adam on the phases (as its authors' code), no postprocessing: the magnitude
+    # spectrum (1/f, pixel standard deviation 1: norm 32) is fixed
+    maco_config = base_config(
+        optimizer={"path": "torch.optim.Adam", "kwargs": {"lr": 0.1}},
+        stopper={"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 150}},
+        parameterization={"path": "mei.parameterization.PhaseFourier", "kwargs": {}},
+    )
+    del maco_config["postprocessing"]
+    maco_mei, _, output = gradient_ascent(None, model, maco_config, 0, shape=shape)
+    attribution = output["attribution"]["values"][0]
+    images = [pixel_mei, fourier_mei, maco_mei, attribution, neuron.weight]
+    titles = [
+        f"pixels, cos {_cos(pixel_mei, neuron.weight):.2f}",
+        f"Fourier, cos {_cos(fourier_mei, neuron.weight):.2f}",
+        f"MaCo, cos {_cos(maco_mei, neuron.weight):.2f}",
+        "MaCo attribution",
+        "the neuron's filter",
+    ]
+    plot_meis(
+        torch.cat(images),
+        titles=titles,
+        ncols=5,
+        suptitle="a Gabor neuron, 150 steps: pixels and Fourier (SGD, norm 32), MaCo (Adam)",
+        path=out / "maco.png",
+    )
+
+
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "images"
     out.mkdir(parents=True, exist_ok=True)
-    for draw in (video, channels, fourier, diverse, mds, validation, variants):
+    for draw in (video, channels, fourier, diverse, mds, validation, variants, inner_units, maco):
         draw(out)
         print(f"{draw.__name__}: done")
 

@@ -165,3 +165,71 @@ class PhaseCells(nn.Module):
         even, odd = p[:, 0], p[:, 1]
         relu = nn.functional.relu
         return torch.stack([energy, even, relu(-even), relu(odd), relu(-odd)], dim=1)
+
+
+def gabor_bank(n=4, size=7, sigma=1.5, wavelength=4.0):
+    """``n`` Gabor filters ``(n, size, size)`` at orientations spread over half a turn."""
+    thetas = [torch.pi * k / n for k in range(n)]
+    return torch.stack([gabor(size, sigma, t, wavelength) for t in thetas])
+
+
+class ToyConvNet(nn.Module):
+    """A conv net ``(B, 1, H, W) -> (B, N)`` whose first layer ``core.features.0`` has known
+    Gabor filters (channel ``k``: ``gabor_bank()[k]``), followed by nonlinear layers and a
+    readout: a channel of the first layer is linear in the input."""
+
+    def __init__(self, channels=4, n=3, size=(15, 15), seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        conv = nn.Conv2d(1, channels, 7)
+        conv.weight.data = gabor_bank(channels)[:, None].clone()
+        conv.bias.data.zero_()
+        second = nn.Conv2d(channels, channels, 3, padding=1)
+        second.weight.data = torch.randn(second.weight.shape, generator=g) * 0.2
+        self.core = nn.Module()
+        self.core.features = nn.Sequential(conv, nn.ReLU(), second, nn.ELU())
+        out = (size[0] - 6) * (size[1] - 6) * channels
+        self.readout = nn.Linear(out, n)
+        self.readout.weight.data = torch.randn(n, out, generator=g) * 0.05
+        self.calls = {"readout": 0}
+
+    def forward(self, x):
+        features = self.core.features(x)
+        self.calls["readout"] += 1
+        return nn.functional.softplus(self.readout(features.flatten(1)))
+
+
+class ToyVideoConvNet(nn.Module):
+    """A video conv net ``(B, 1, T, H, W) -> (B, N)`` whose first layer ``conv`` (a
+    ``Conv3d``, 3 frames) has known space-time filters ``filters[k]`` (a Gabor times a
+    temporal profile): a channel of that layer is linear in the movie."""
+
+    def __init__(self, channels=3, frames=3, n=2, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        spatial = gabor_bank(channels)
+        temporal = torch.tensor([-0.5, 0.2, 1.0])[:frames]
+        self.register_buffer("filters", temporal[None, :, None, None] * spatial[:, None])
+        self.conv = nn.Conv3d(1, channels, (frames, 7, 7), bias=False)
+        self.conv.weight.data = self.filters[:, None].clone()
+        self.readout = nn.Linear(channels, n)
+        self.readout.weight.data = torch.randn(n, channels, generator=g)
+
+    def forward(self, x):
+        hidden = nn.functional.elu(self.conv(x))  # (B, C, T', H', W')
+        return nn.functional.softplus(self.readout(hidden.mean(dim=(2, 3, 4))))
+
+
+class PlacedGabor(nn.Module):
+    """A simple cell whose Gabor (21 x 21) sits at rows/columns ``top``/``left`` of a
+    ``size x size`` image: ``softplus(w . x)``."""
+
+    def __init__(self, top=2, left=9, theta=0.6, size=32):
+        super().__init__()
+        weight = torch.zeros(1, 1, size, size)
+        weight[0, 0, top : top + 21, left : left + 21] = gabor(21, theta=theta)
+        self.register_buffer("weight", weight)
+        self.centre = (top + 10, left + 10)
+
+    def forward(self, x):
+        return nn.functional.softplus((x * self.weight).flatten(1).sum(1, keepdim=True))

@@ -75,6 +75,7 @@ PUBLIC = {
         "EnsembleModel",
         "CEIObjective",
         "VEIObjective",
+        "LayerResponse",
     ],
     "mei.import_helpers": [
         "import_object",
@@ -118,6 +119,13 @@ PUBLIC = {
         "GrayscaleToRGB",
         "RandomCrop",
         "Identity",
+    ],
+    "mei.parameterization": [
+        "Pixel",
+        "Fourier",
+        "PhaseFourier",
+        "magnitude_spectrum",
+        "power_law_magnitude",
     ],
 }
 

@@ -69,6 +69,7 @@ MORE = {
     "legacy LpNorm": {"regularization": ("mei.legacy.ops.LpNorm", {"weight": 0.1})},
     "legacy ChangeRange": {"transform": ("mei.legacy.ops.ChangeRange", {"x_min": -1, "x_max": 1})},
     "SGD with momentum": {"optimizer": ("torch.optim.SGD", {"lr": 0.1, "momentum": 0.9})},
+    "PhaseFourier": {"parameterization": ("mei.parameterization.PhaseFourier", {"decay_power": 1.0})},
 }  # fmt: skip
 BUILT_IN = {**COMPONENTS, **MORE}
 
@@ -125,7 +126,7 @@ def test_a_captured_batch_gives_the_eager_numbers_with_every_built_in_component(
     _assert_same(_units(config), captured)
 
 
-@pytest.mark.parametrize("name", ["GaussianBlur", "legacy GaussianBlur", "Fourier"])
+@pytest.mark.parametrize("name", ["GaussianBlur", "legacy GaussianBlur", "Fourier", "PhaseFourier"])
 def test_a_captured_single_mei_gives_the_eager_numbers(name, caplog):
     config = _config(**_entries(BUILT_IN[name]))
     model = ConstrainedOutputModel(SmallConvNet(), 2)
@@ -420,7 +421,9 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 @cuda
-@pytest.mark.parametrize("name", ["GaussianBlur", "Fourier", "legacy GaussianBlurforRing"])
+@pytest.mark.parametrize(
+    "name", ["GaussianBlur", "Fourier", "legacy GaussianBlurforRing", "PhaseFourier"]
+)
 def test_cuda_captured_batch_replays_a_graph_with_the_eager_numbers(name, monkeypatch):
     graphs = []
     original = capture.StepGraph._capture
