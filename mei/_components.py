@@ -171,7 +171,9 @@ def fit_input_call(component: Any) -> InputCall | None:
         needed, most = arity
         if needed <= 2 and (most == -1 or most >= 2):
             return None if name == "__call__" else InputCall(component, name, True)
-        if needed <= 1 and most == 1 and _takes_tensor(method):
+        # a call of one argument may be meant for another slot (a stopper's state): only
+        # one whose annotation may be a tensor is taken; forward/process are meant for input
+        if needed <= 1 and most == 1 and (name != "__call__" or _takes_tensor(method)):
             return InputCall(component, name, False)
     return None
 
