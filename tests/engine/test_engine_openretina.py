@@ -2,8 +2,8 @@
 published MEI and MDS recipes run through method configs on an open-retina model, against
 open-retina's own optimizer on the same model and seed.
 
-The comparisons with open-retina's classes skip without open-retina (``pip install -e
-'.[openretina]'``), except under CI; the rest runs everywhere.
+The comparisons with open-retina's classes skip without open-retina (see openretina_testkit), except
+where .ci/run requires it; the rest runs everywhere.
 """
 
 from __future__ import annotations
