@@ -164,7 +164,7 @@ class ComponentSpec(Generic[T]):
     path: str
     kwargs: dict[str, Any]
     factory: Callable[..., T] = field(repr=False)
-    fit: Callable[[Any], T] | None = field(default=None, repr=False)
+    fit: Callable[[Any], T] | None = field(default=None, repr=False, compare=False)
 
     def build(self, *args: Any, **extra: Any) -> T:
         try:
