@@ -35,7 +35,10 @@ def openretina(module: str) -> ModuleType:
     except ImportError as e:
         if os.environ.get("MEI_REQUIRE_OPENRETINA") == "1":
             raise
-        pytest.skip(f"open-retina does not import ({e}); pip install -e '.[openretina]'")
+        pytest.skip(
+            f"open-retina does not import ({e}); pip install -e '.[openretina]' && "
+            "pip install --no-deps openretina==1.1.1"
+        )
 
 
 def model(seed: int = 1) -> torch.nn.Module:
