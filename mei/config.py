@@ -29,6 +29,7 @@ caller's dict is never changed. :func:`check_seed` checks a run's seed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import inspect
 import math
@@ -42,6 +43,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from torch import Tensor, nn
 
+from ._components import InputCall, fit_input_call, input_call_problem
 from .domain import State
 from .errors import ConfigError, InputError, list_names, shorten
 from .import_helpers import resolve_path
@@ -102,6 +104,7 @@ SETTING_KEYS = (
     "score",
     "rng",
     "capture",
+    "postprocess_start",
     *FORK_KEYS,
 )
 COMPONENT_KEYS = tuple(k for k in REQUIRED_KEYS + OPTIONAL_KEYS if k not in ("device",))
@@ -152,20 +155,25 @@ ELEMENTWISE_OPTIMIZERS = frozenset(
 
 @dataclass(frozen=True)
 class ComponentSpec(Generic[T]):
-    """One resolved config entry: ``build()`` makes a fresh component each time."""
+    """One resolved config entry: ``build()`` makes a fresh component each time.
+
+    ``fit``: how a built component of another library is fitted to its slot's call (see
+    :func:`mei._components.fit_input_call`); ``None`` for components that fit as built."""
 
     key: str
     path: str
     kwargs: dict[str, Any]
     factory: Callable[..., T] = field(repr=False)
+    fit: Callable[[Any], T] | None = field(default=None, repr=False, compare=False)
 
     def build(self, *args: Any, **extra: Any) -> T:
         try:
-            return self.factory(*args, **extra, **copy.deepcopy(self.kwargs))
+            built = self.factory(*args, **extra, **copy.deepcopy(self.kwargs))
         except Exception as e:
             raise ConfigError(
                 f"{type(e).__name__}: {e} ({self.given()})", key=self.key, path=self.path
             ) from e
+        return built if self.fit is None else self.fit(built)
 
     def given(self) -> str:
         """The config's kwargs of this entry as a call shows them: ``kwargs given: lr=-1.0``."""
@@ -207,6 +215,9 @@ class MethodConfig:
     dx: float | None = None
     variance_optimization: str | None = None
     potential_well_function: str = "exp"
+    #: ``postprocess_start``: the start is passed through the run's postprocessing (``True``)
+    #: or through the component of this entry before the first step
+    postprocess_start: bool | ComponentSpec[PostProcessing] = False
 
     @property
     def batchable(self) -> bool:
@@ -242,6 +253,7 @@ class MethodConfig:
             self.regularization,
             self.precondition,
             self.postprocessing,
+            self.postprocess_start if isinstance(self.postprocess_start, ComponentSpec) else None,
         ):
             if spec is not None and not _per_row(spec.factory):
                 reasons.append(
@@ -581,8 +593,15 @@ def _resolve_entry(key: str, entry: Any) -> ComponentSpec[Any]:
     return ComponentSpec(key=key, path=path, kwargs=copy.deepcopy(dict(kwargs)), factory=factory)
 
 
-def _check_built(spec: ComponentSpec[Any]) -> None:
-    """Build the component once, so bad kwarg values fail now, not at step one."""
+#: The slots that call their component with the input and the step, ``(x, i_iteration)``:
+#: there a component of another library whose call takes the input alone, or that has a
+#: ``forward``/``process`` method instead of a call, is fitted to that call.
+INPUT_SLOTS = ("transform", "regularization", "precondition", "postprocessing", "background")
+
+
+def _check_built(spec: ComponentSpec[Any]) -> ComponentSpec[Any]:
+    """Build the component once, so bad kwarg values fail now, not at step one; the spec,
+    with how to fit the component to its slot where it needs fitting."""
     if spec.key == "optimizer":
         probe = torch.zeros(1, requires_grad=True)
         optimizer = spec.build(params=[probe])
@@ -594,18 +613,36 @@ def _check_built(spec: ComponentSpec[Any]) -> None:
                 key=spec.key,
                 path=spec.path,
             )
-        return
+        return spec
     if spec.key == "response":
         _check_response(spec)
-        return
+        return spec
     component = spec.build()
+    slot = spec.key.partition("[")[0]
+    slot = "postprocessing" if slot == "postprocess_start" else slot
+    if slot in INPUT_SLOTS:
+        fitted = fit_input_call(component)
+        if fitted is not None:
+            spec = dataclasses.replace(
+                spec,
+                fit=functools.partial(
+                    InputCall, method=fitted.method, passes_step=fitted.passes_step
+                ),
+            )
+            component = fitted
+        elif not callable(component):
+            raise ConfigError(
+                f"built a {type(component).__name__}, which does not fit the {slot} slot "
+                f"{SLOTS[slot][1]}: {input_call_problem(component)}",
+                key=spec.key,
+                path=spec.path,
+            )
     if not callable(component):
         raise ConfigError(
             f"built a {type(component).__name__}, which is not callable",
             key=spec.key,
             path=spec.path,
         )
-    slot = spec.key.partition("[")[0]
     problems = slot_mismatches(component, slot)
     if slot == "parameterization" and not callable(getattr(component, "from_image", None)):
         problems.append("it has no from_image(image) -> params method")
@@ -616,6 +653,7 @@ def _check_built(spec: ComponentSpec[Any]) -> None:
             key=spec.key,
             path=spec.path,
         )
+    return spec
 
 
 def _check_response(spec: ComponentSpec[Any]) -> None:
@@ -672,8 +710,7 @@ def resolve_config(
     for key in COMPONENT_KEYS:
         if key == "objectives" or config.get(key) is None:
             continue
-        spec = _resolve_entry(key, config[key])
-        _check_built(spec)
+        spec = _check_built(_resolve_entry(key, config[key]))
         resolved[key] = spec
 
     objectives = config.get("objectives") or []
@@ -683,8 +720,7 @@ def resolve_config(
         )
     specs: list[ComponentSpec[Objective]] = []
     for i, entry in enumerate(objectives):
-        spec = _resolve_entry(f"objectives[{i}]", entry)
-        _check_built(spec)
+        spec = _check_built(_resolve_entry(f"objectives[{i}]", entry))
         if any(s.path == spec.path for s in specs):
             raise ConfigError(
                 "the same objective path appears twice; the tracker logs by path",
@@ -694,6 +730,9 @@ def resolve_config(
         specs.append(spec)
     resolved["objectives"] = tuple(specs)
     resolved.update(_settings(config))
+    start = _postprocess_start(config)
+    if start is not False:
+        resolved["postprocess_start"] = start
     if resolved.get("transparency") and "parameterization" in resolved:
         raise ConfigError(
             "transparency optimizes the image and its alpha channel in pixels; remove the "
@@ -774,6 +813,30 @@ def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
             )
         settings[name] = value
     return settings
+
+
+def _postprocess_start(config: Mapping[str, Any]) -> bool | ComponentSpec[PostProcessing]:
+    """The ``postprocess_start`` setting: ``False`` (the default: the start as drawn),
+    ``True`` (the start passed through the config's ``postprocessing``) or a component entry
+    whose component the start is passed through (e.g. only the clip of a chain)."""
+    value = config.get("postprocess_start")
+    if value is None or value is False or (type(value) is int and value == 0):
+        return False
+    if value is True or (type(value) is int and value == 1):
+        if config.get("postprocessing") is None:
+            raise ConfigError(
+                "true passes the start through the config's postprocessing, and there is "
+                "none: add a 'postprocessing' entry, or give the component to use here as "
+                "{'path': ..., 'kwargs': {...}}",
+                key="postprocess_start",
+            )
+        return True
+    if isinstance(value, Mapping):
+        return _check_built(_resolve_entry("postprocess_start", value))
+    raise ConfigError(
+        f"must be true, false or an entry {{'path': ..., 'kwargs': {{...}}}}, got {shorten(value)}",
+        key="postprocess_start",
+    )
 
 
 def _fork_settings(config: Mapping[str, Any]) -> dict[str, Any]:

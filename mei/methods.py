@@ -527,6 +527,8 @@ def run_batch(
         streams = None
         if method.rng == "device":
             streams = CounterStreams([s + 1 for s in seeds], device)
+        if method.postprocess_start is not False:
+            image = _postprocessed_start(method, image, generators, streams)
         parameterization = _build_for(method.parameterization, generators, streams)
         if parameterization is not None and method.parameterization is not None:
             _check_shapes(
@@ -594,6 +596,33 @@ def run_batch(
         (inputs[b * rows : (b + 1) * rows].clone(), scores[b], trackers[b].log)
         for b in range(len(seeds))
     ]
+
+
+def _postprocessed_start(
+    method: MethodConfig,
+    image: Tensor,
+    generators: Sequence[torch.Generator],
+    streams: CounterStreams | None,
+) -> Tensor:
+    """The start passed through the postprocessing (``"postprocess_start": true``) or the
+    entry's component, as step 0 postprocesses (open-retina clips its random start with its
+    stimulus postprocessor before optimizing). A component of its own: a random one draws
+    the start's numbers from the element's generator before the steps draw theirs."""
+    setting = method.postprocess_start
+    spec = method.postprocessing if setting is True else setting
+    assert isinstance(spec, ComponentSpec)  # resolve_config checks it
+    component = _build_for(spec, generators, streams)
+    assert component is not None  # built from a spec
+    _check_shapes({"postprocess_start": (component, spec)}, tuple(image.shape))
+    with torch.no_grad():
+        processed = component(image, 0)
+    if not isinstance(processed, Tensor) or processed.shape != image.shape:
+        got = tuple(processed.shape) if isinstance(processed, Tensor) else type(processed).__name__
+        raise ComponentError(
+            f"postprocess_start: {spec.path} must return a tensor of the start's shape "
+            f"{tuple(image.shape)}, got {got}"
+        )
+    return processed
 
 
 def fork_objective(model: Model, method: MethodConfig) -> CEIObjective | None:

@@ -343,6 +343,13 @@ class TimeWindowResponse(nn.Module):
     Wrap the model before selecting units (``ConstrainedOutputModel(TimeWindowResponse(m,
     start=-10), unit)``), or name it in a method config's ``response`` entry, which does that
     for the run; keyword arguments are passed to ``model``.
+
+    A window that reaches past the output frames keeps the frames it covers (as a slice
+    does, and as open-retina's ``SliceMeanReducer(start, length)`` shortens its window to the
+    frames there are); one that covers none raises :class:`~mei.errors.ModelError` naming the
+    window and the number of output frames (where open-retina's reducer falls back to the
+    first ``length`` frames, with a warning). ``strict=True``: a window reaching past either
+    end raises that error too, so a window is always the frames it names.
     """
 
     elementwise = True
@@ -355,6 +362,7 @@ class TimeWindowResponse(nn.Module):
         stop: int | None = None,
         reduce: str = "mean",
         time_dim: int = 1,
+        strict: bool = False,
     ):
         super().__init__()
         if reduce not in ("mean", "sum"):
@@ -366,6 +374,22 @@ class TimeWindowResponse(nn.Module):
         self.stop = stop
         self.reduce = reduce
         self.time_dim = time_dim
+        self.strict = bool(strict)
+
+    def _check_reach(self, frames: int) -> None:
+        """``strict``: raise unless ``[start:stop]`` lies within ``frames`` output frames."""
+        outside = [
+            bound
+            for bound in (self.start, self.stop)
+            if bound is not None and not -frames <= bound <= frames
+        ]
+        if outside:
+            kept = range(frames)[slice(self.start, self.stop)]
+            raise ModelError(
+                f"the window [{self.start}:{self.stop}] reaches past the model's {frames} output "
+                f"frames (it would keep {len(kept)} of them, [{kept.start}:{kept.stop}]); "
+                "choose start and stop within them (strict=True)"
+            )
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         output = self.model(x, *args, **kwargs)
@@ -373,6 +397,8 @@ class TimeWindowResponse(nn.Module):
             got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
             layout = "(B, T, N)" if self.time_dim == 1 else "(B, N, T)"
             raise ModelError(f"TimeWindowResponse needs responses {layout}, the model gave {got}")
+        if self.strict:
+            self._check_reach(output.shape[self.time_dim])
         index = [slice(None)] * 3
         index[self.time_dim] = slice(self.start, self.stop)
         window = output[tuple(index)]
@@ -387,7 +413,7 @@ class TimeWindowResponse(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"start={self.start!r}, stop={self.stop!r}, reduce={self.reduce!r}, "
-            f"time_dim={self.time_dim!r}"
+            f"time_dim={self.time_dim!r}" + (", strict=True" if self.strict else "")
         )
 
 

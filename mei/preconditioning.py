@@ -112,51 +112,103 @@ class GaussianBlur(Component):
 
 
 def temporal_blur(
-    x: Tensor, sigma: float, truncate: float = 4.0, pad_mode: str = "replicate"
+    x: Tensor,
+    sigma: float,
+    truncate: float = 4.0,
+    pad_mode: str = "replicate",
+    kernel_size: int | None = None,
 ) -> Tensor:
     """Blur movies ``(B, C, T, H, W)`` along time (dimension 2) with a Gaussian of standard
     deviation ``sigma`` frames, cut after ``truncate`` standard deviations. The kernel sums
-    to one: a movie constant in time stays as it is."""
+    to one: a movie constant in time stays as it is.
+
+    ``kernel_size``: instead, a window of exactly that many frames (any size, even ones too),
+    open-retina's temporal Gaussian low-pass: taps at ``k - kernel_size // 2`` for ``k`` in
+    ``range(kernel_size)``, padded as a ``padding="same"`` convolution (``(kernel_size - 1) //
+    2`` frames before, the rest after); with ``pad_mode="constant"`` (zeros) this gives
+    open-retina's ``TemporalGaussianLowPassFilterProcessor`` numbers."""
     require_movie("temporal_blur", x.shape)
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, got {sigma!r}")
     frames = x.shape[2]
-    window = _gaussian_window(float(sigma), float(truncate), x.device, x.dtype)
-    half = len(window) // 2
-    if pad_mode == "reflect" and half >= frames:  # reflect padding needs half < frames
-        window = window[half - (frames - 1) : half + frames]
-        window = window / window.sum()
-        half = frames - 1
-    if half == 0:
+    if kernel_size is not None:
+        window = _sized_window(float(sigma), int(kernel_size), x.device, x.dtype)
+        before = (kernel_size - 1) // 2
+        after = kernel_size - 1 - before
+        if pad_mode == "reflect" and max(before, after) >= frames:
+            raise ValueError(
+                f"reflect padding of a {kernel_size}-frame kernel needs more than "
+                f"{max(before, after)} frames, the movie has {frames}"
+            )
+    else:
+        window = _gaussian_window(float(sigma), float(truncate), x.device, x.dtype)
+        half = len(window) // 2
+        if pad_mode == "reflect" and half >= frames:  # reflect padding needs half < frames
+            window = window[half - (frames - 1) : half + frames]
+            window = window / window.sum()
+            half = frames - 1
+        before = after = half
+    if before == after == 0:  # a window of one tap: 1 after normalizing
         return x
     series = x.movedim(2, -1)  # (B, C, H, W, T)
     flat = series.reshape(-1, 1, frames)
-    padded = F.pad(flat, (half, half), mode=pad_mode)
+    padded = F.pad(flat, (before, after), mode=pad_mode)
     blurred = F.conv1d(padded, window.view(1, 1, -1))
     return blurred.reshape(series.shape).movedim(-1, 2)
+
+
+@functools.lru_cache(maxsize=64)
+def _sized_window(sigma: float, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """open-retina's temporal window: ``size`` taps ``exp(-k**2 / (2 sigma**2))`` at ``k =
+    0 - size // 2, ..., size - 1 - size // 2``, normalized, computed in float32 as there."""
+    taps = torch.arange(size).float() - size // 2
+    window = torch.exp(-(taps**2) / (2 * sigma**2))
+    return (window / window.sum()).to(device=device, dtype=dtype)
 
 
 class TemporalBlur(Component):
     """Blur along time: a Gaussian low-pass of ``sigma`` frames on movies ``(B, C, T, H, W)``
     (see :func:`temporal_blur`). As a precondition it smooths the gradient; the same object
     fits the ``postprocessing`` and ``transform`` slots to low-pass the movie itself.
-    ``pad_mode``: 'replicate' (default), 'reflect', 'constant' or 'circular'. Images are
-    refused before the first step."""
+    ``pad_mode``: 'replicate' (default), 'reflect', 'constant' (zeros) or 'circular'.
+    ``kernel_size``: a window of exactly that many frames instead of one cut after
+    ``truncate`` standard deviations; ``TemporalBlur(sigma, kernel_size=k,
+    pad_mode="constant")`` is open-retina's ``TemporalGaussianLowPassFilterProcessor(sigma,
+    k)``. Images are refused before the first step."""
 
-    def __init__(self, sigma: float, truncate: float = 4, pad_mode: str = "replicate"):
+    def __init__(
+        self,
+        sigma: float,
+        truncate: float = 4,
+        pad_mode: str = "replicate",
+        kernel_size: int | None = None,
+    ):
         if sigma <= 0:
             raise ValueError(f"sigma must be positive, got {sigma!r}")
         _check_window(truncate, pad_mode)
+        if kernel_size is not None and (
+            isinstance(kernel_size, bool) or int(kernel_size) != kernel_size or kernel_size < 1
+        ):
+            raise ValueError(f"kernel_size must be a positive integer, got {kernel_size!r}")
         self.sigma = sigma
         self.truncate = truncate
         self.pad_mode = pad_mode
+        if kernel_size is not None:  # the repr of rows without it stays as it was
+            self.kernel_size = int(kernel_size)
+        self._kernel_size = None if kernel_size is None else int(kernel_size)
 
     def check_shape(self, shape: Sequence[int]) -> None:
         require_movie(type(self).__name__, shape)
+        size = self._kernel_size
+        if size is not None and self.pad_mode == "reflect" and (size // 2) >= shape[2]:
+            raise ValueError(
+                f"TemporalBlur: reflect padding of a {size}-frame kernel needs more than "
+                f"{size // 2} frames, the movies have {shape[2]}"
+            )
 
     def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
         self.check_shape(x.shape)
-        return temporal_blur(x, self.sigma, self.truncate, self.pad_mode)
+        return temporal_blur(x, self.sigma, self.truncate, self.pad_mode, self._kernel_size)
 
 
 def fourier_smoothing(x: Tensor, freq_exp: float) -> Tensor:

@@ -193,3 +193,76 @@ class Diversity(Component):
     def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
         group = self.group if self.group is not None else len(x)
         return self.weight * diversity(x, group)
+
+
+def range_penalty(
+    x: Tensor,
+    min_max_values: Sequence[tuple[float | None, float | None]],
+    max_norm: float | None = None,
+) -> Tensor:
+    """How far each element of ``x`` ``(B, C, ...)`` lies outside its ranges, ``(B,)``.
+
+    Channel ``c`` adds ``sum(relu(low - x[:, c])) + sum(relu(x[:, c] - high))`` for its pair
+    ``min_max_values[c] = (low, high)`` (``None``: that side unbounded; channels past the list
+    are free); ``max_norm`` adds ``relu(||x_b|| - max_norm)``, the L2 norm of the element.
+    open-retina's ``RangeRegularizationLoss`` computes the same sums over the whole batch
+    (it optimizes one stimulus at a time): for a batch of one they are the same number.
+    """
+    if len(min_max_values) > x.shape[1]:
+        raise ValueError(
+            f"min_max_values lists {len(min_max_values)} channels, the input has {x.shape[1]} "
+            f"(shape {tuple(x.shape)})"
+        )
+    loss = x.new_zeros(len(x))
+    for c, (low, high) in enumerate(min_max_values):
+        channel = per_element(x[:, c])
+        if low is not None:
+            loss = loss + torch.relu(low - channel).sum(-1)
+        if high is not None:
+            loss = loss + torch.relu(channel - high).sum(-1)
+    if max_norm is not None:
+        loss = loss + torch.relu(torch.linalg.vector_norm(per_element(x), dim=-1) - max_norm)
+    return loss
+
+
+class RangePenalty(Component):
+    """``factor`` times :func:`range_penalty`: a soft range per channel and a soft norm
+    budget, open-retina's ``RangeRegularizationLoss(min_max_values, max_norm, factor)`` with
+    its arguments, per element. Unlike a clip (``ChannelNormClip``) it lets the steps leave
+    the range and pulls them back through the gradient.
+
+    ``min_max_values``: one ``(low, high)`` pair per channel, from channel 0 (either may be
+    ``None``); e.g. Hoefling et al. (2024)'s green/UV ranges ``[[-0.654, 6.269], [-0.913,
+    6.269]]``. ``max_norm``: the L2 norm of each element above which it is penalized.
+    """
+
+    def __init__(
+        self,
+        min_max_values: Sequence[Sequence[float | None]],
+        max_norm: float | None = None,
+        factor: float = 1.0,
+    ):
+        pairs: list[tuple[float | None, float | None]] = []
+        for c, pair in enumerate(min_max_values):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise ValueError(f"min_max_values[{c}] must be a pair (low, high), got {pair!r}")
+            low, high = (None if v is None else float(v) for v in pair)
+            if low is not None and high is not None and high < low:
+                raise ValueError(f"min_max_values[{c}]: high must be >= low, got {pair!r}")
+            pairs.append((low, high))
+        if max_norm is not None and max_norm < 0:
+            raise ValueError(f"max_norm must be >= 0, got {max_norm!r}")
+        self.min_max_values = min_max_values
+        self.max_norm = max_norm
+        self.factor = factor
+        self._pairs = pairs
+
+    def check_shape(self, shape: Sequence[int]) -> None:
+        if len(shape) < 2 or len(self._pairs) > shape[1]:
+            raise ValueError(
+                f"RangePenalty has ranges for {len(self._pairs)} channels, the input has shape "
+                f"{tuple(shape)}"
+            )
+
+    def __call__(self, x: Tensor, i_iteration: int | None = None) -> Tensor:
+        return self.factor * range_penalty(x, self._pairs, self.max_norm)

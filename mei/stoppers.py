@@ -17,6 +17,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from ._batched import NumIterationsBatch, combined
 from .domain import State
 from .import_helpers import import_path
@@ -112,6 +114,62 @@ class EarlyStopping(OptimizationStopper):
         if self.max_iter is not None and current_state.i_iter + 1 >= self.max_iter:
             stop = True
         return stop, self._best
+
+
+class LossEarlyStopping(OptimizationStopper):
+    """open-retina's ``EarlyStopper(max_iterations, patience, min_delta)``: stop when the loss
+    has risen above its lowest value by more than ``min_delta`` at ``patience`` steps since that
+    lowest value, or after ``max_iterations`` steps (if given).
+
+    The loss of a step is what it minimized, ``reg_term - evaluation`` at the input before
+    the step (open-retina's ``-objective + regularization``, in float32 as there). A step
+    whose loss is below the lowest so far is the new lowest and resets the count; a loss
+    more than ``min_delta`` above the lowest adds one; a loss in between (within
+    ``min_delta`` of the lowest, or equal to it) changes nothing. Each MEI of a batch has its
+    own stopper, so each stops as a run of its own would. The output is the lowest loss so
+    far. Reads the evaluation every step (one device synchronization per step on a GPU).
+    """
+
+    def __init__(
+        self, max_iterations: int | None = None, patience: int = 1, min_delta: float = 0.0
+    ):
+        if max_iterations is not None and (
+            isinstance(max_iterations, bool)
+            or int(max_iterations) != max_iterations
+            or max_iterations < 1
+        ):
+            raise ValueError(f"max_iterations must be a positive integer, got {max_iterations!r}")
+        if isinstance(patience, bool) or int(patience) != patience or patience < 1:
+            raise ValueError(f"patience must be a positive integer, got {patience!r}")
+        if not min_delta >= 0:
+            raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
+        self.max_iterations = None if max_iterations is None else int(max_iterations)
+        self.patience = int(patience)
+        self.min_delta = min_delta
+        self._lowest = math.inf
+        self._count = 0
+
+    @staticmethod
+    def loss(current_state: State) -> float:
+        """The step's loss ``reg_term - evaluation``, rounded to float32 as open-retina's."""
+        reg_term = current_state.reg_term
+        loss = torch.tensor(-float(current_state.evaluation), dtype=torch.float32)
+        if reg_term:
+            loss = loss + torch.tensor(float(reg_term), dtype=torch.float32)
+        return float(loss)
+
+    def __call__(self, current_state: State) -> tuple[bool, Any]:
+        loss = self.loss(current_state)
+        stop = False
+        if loss < self._lowest:
+            self._lowest = loss
+            self._count = 0
+        elif loss > self._lowest + self.min_delta:
+            self._count += 1
+            stop = self._count >= self.patience
+        if self.max_iterations is not None and current_state.i_iter + 1 >= self.max_iterations:
+            stop = True
+        return stop, self._lowest
 
 
 class AnyStopper(OptimizationStopper):

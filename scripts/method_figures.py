@@ -8,7 +8,8 @@ a GIF), UV/green constraints, Fourier vs pixel parameterization, diverse MEIs of
 two preferred stimuli, the most discriminative stimuli of two cell types, MEIs validated on
 other models and against the best natural images of a dataset (docs/validation.md), the
 exciting variants of a complex and a simple cell (docs/variants.md), the channels of a toy
-conv net's inner layers, and MaCo (phase-only Fourier) with its attribution map.
+conv net's inner layers, MaCo (phase-only Fourier) with its attribution map, and open-retina's
+MEI recipe on its core-readout model (docs/open-retina.md).
 """
 
 from __future__ import annotations
@@ -284,10 +285,62 @@ def maco(out: Path) -> None:
     )
 
 
+def open_retina(out: Path) -> None:
+    """open-retina's MEI recipe (docs/open-retina.md) on its core-readout model with random
+    weights (tests/openretina_testkit.py): two neurons' MEIs, green and UV over time at the
+    pixel that moves most, and both channels' frames at the peak frame."""
+    import matplotlib.pyplot as plt
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import openretina_testkit as ort
+
+    try:
+        model = ort.model()
+    except BaseException as e:  # pytest's skip when open-retina is not installed
+        print(f"open_retina: skipped, open-retina does not import ({e})")
+        return
+    config = {
+        **ort.MEI_CONFIG,
+        "stopper": {"path": "mei.stoppers.MaxSteps", "kwargs": {"steps": 50}},
+    }
+    figure, axes = plt.subplots(2, 3, figsize=(10, 5.5), width_ratios=(2, 1, 1))
+    colors = {0: ("green", "tab:green"), 1: ("UV", "tab:purple")}
+    for row, neuron in zip(axes, (5, 9), strict=True):
+        selected = ConstrainedOutputModel(model, neuron, forward_kwargs={"data_key": ort.SESSION})
+        mei = gradient_ascent(None, selected, config, 3, shape=ort.SHAPE)[0][0]  # (2, T, H, W)
+        energy = (mei - mei.mean(1, keepdim=True)).abs().sum((0, 1))
+        y, x = divmod(int(energy.argmax()), mei.shape[-1])
+        peak = int(mei[:, :, y, x].abs().sum(0).argmax())
+        for c, (name, color) in colors.items():
+            row[0].plot(mei[c, :, y, x].numpy(), color=color, label=name)
+        row[0].axvline(peak, color="gray", linestyle=":")
+        row[0].set(title=f"neuron {neuron}: pixel ({y}, {x}) over time", xlabel="frame")
+        row[0].legend(loc="upper left", fontsize=8)
+        bound = float(mei[:, peak].abs().max())
+        for c, (name, _) in colors.items():
+            row[1 + c].imshow(mei[c, peak].numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound)
+            row[1 + c].set(title=f"{name}, frame {peak}", xticks=[], yticks=[])
+    figure.suptitle("open-retina's MEI recipe as a method config, on its core-readout model")
+    figure.tight_layout()
+    figure.savefig(out / "open-retina-meis.png", dpi=80)
+    plt.close(figure)
+
+
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "images"
     out.mkdir(parents=True, exist_ok=True)
-    for draw in (video, channels, fourier, diverse, mds, validation, variants, inner_units, maco):
+    for draw in (
+        video,
+        channels,
+        fourier,
+        diverse,
+        mds,
+        validation,
+        variants,
+        inner_units,
+        maco,
+        open_retina,
+    ):
         draw(out)
         print(f"{draw.__name__}: done")
 

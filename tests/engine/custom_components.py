@@ -116,3 +116,52 @@ class RefusesItsKwargs:
 
     def __init__(self, *args, level=1, name="x", **kwargs):
         raise ValueError(f"level must be positive, got {level}")
+
+
+# --- components of another library, named by path: classes whose instances are called -------
+# through forward/process, or whose call takes the input alone (open-retina's shapes)
+
+
+class ForwardOnlyPenalty:
+    """open-retina's regularization losses' shape: ``forward(stimulus)``, no ``__call__``."""
+
+    def __init__(self, weight):
+        self.weight = weight
+
+    def forward(self, stimulus):
+        return self.weight * (stimulus**2).sum()
+
+
+class ProcessOnlyClip:
+    """open-retina's stimulus postprocessors' shape: ``process(x)``, no ``__call__``."""
+
+    def __init__(self, low, high):
+        self.low, self.high = low, high
+
+    def process(self, x):
+        return torch.clamp(x, self.low, self.high)
+
+
+class ScaleModule(torch.nn.Module):
+    """A torch module whose ``forward`` takes the input alone."""
+
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
+class RunsInstead:
+    """Nothing a slot can call: its method is named ``run``."""
+
+    def run(self, x):
+        return x
+
+
+class ForwardTakesThree:
+    """A ``forward`` that needs more than the slot passes."""
+
+    def forward(self, x, y, z):
+        return x

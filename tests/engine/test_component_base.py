@@ -64,6 +64,10 @@ REGULARIZATIONS = [
             ]
         },
     ),
+    Case(
+        "mei.regularization.RangePenalty",
+        {"min_max_values": [[-0.3, 0.4]], "max_norm": 1.0, "factor": 0.5},
+    ),
 ]
 PRECONDITIONERS = [
     Case("mei.preconditioning.GaussianBlur", {"sigma": 1.0}),
@@ -88,6 +92,13 @@ PRECONDITIONERS = [
     ),
     Case("mei.preconditioning.MultiplyBy", {"const": 2.0, "decay_factor": 0.1}),
     Case("mei.preconditioning.DivideByMeanOfAbsolute"),
+    Case(
+        "mei.preconditioning.TemporalBlur",
+        {"sigma": 0.5, "kernel_size": 4, "pad_mode": "constant"},
+        four_d="raises",
+        error=r"TemporalBlur acts on the time axis of movies",
+        name="TemporalBlur-kernel-size",
+    ),
 ]
 POSTPROCESSORS = [
     Case("mei.postprocessing.ChannelNormClip", {"norm": 2.0, "x_min": [-0.4], "x_max": [0.5]}),

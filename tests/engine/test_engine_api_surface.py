@@ -129,6 +129,15 @@ PUBLIC = {
     ],
 }
 
+# open-retina users' recipes (docs/open-retina.md)
+for _module, _names in {
+    "mei.stoppers": ["LossEarlyStopping"],
+    "mei.regularization": ["RangePenalty", "range_penalty"],
+    "mei.preconditioning": ["TemporalBlur", "temporal_blur"],
+    "mei.modules": ["TimeWindowResponse", "ClusterContrast"],
+}.items():
+    PUBLIC[_module] = PUBLIC.get(_module, []) + _names
+
 
 @pytest.mark.parametrize("module", sorted(PUBLIC))
 def test_public_names_importable(module):
