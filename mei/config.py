@@ -255,12 +255,45 @@ class MethodConfig:
             self.postprocessing,
             self.postprocess_start if isinstance(self.postprocess_start, ComponentSpec) else None,
         ):
-            if spec is not None and not _per_row(spec.factory):
+            if spec is None:
+                continue
+            if not _per_row(spec.factory):
                 reasons.append(
                     f"{spec.key} {spec.path} does not declare that it acts on each element on "
                     "its own (class attribute elementwise = True)"
                 )
+            # a Compose or WeightedSum acts on each element on its own if each of its parts does
+            for path in _parts_not_per_row(spec.kwargs):
+                reasons.append(
+                    f"{spec.key} {spec.path} holds {path}, which does not declare that it acts "
+                    "on each element on its own (class attribute elementwise = True)"
+                )
         return reasons
+
+
+def _parts_not_per_row(value: Any) -> list[str]:
+    """The parts named in a component's kwargs (``{"path", "kwargs"}`` entries, or objects in
+    a list of parts, at any depth) that do not act on each batch row on their own."""
+    found: list[str] = []
+    if isinstance(value, Mapping):
+        path = value.get("path")
+        if isinstance(path, str):
+            try:
+                factory = resolve_path(path)
+            except Exception:  # not importable: the component's own build says so
+                return found
+            if not _per_row(factory):
+                found.append(path)
+            return found + _parts_not_per_row(value.get("kwargs"))
+        for item in value.values():
+            found += _parts_not_per_row(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            if isinstance(item, (Mapping, list, tuple)):
+                found += _parts_not_per_row(item)
+            elif callable(item) and not _per_row(item):
+                found.append(f"{type(item).__module__}.{type(item).__qualname__}")
+    return found
 
 
 def _per_row(factory: Any) -> bool:

@@ -8,7 +8,7 @@ import logging
 import pytest
 import reference_cases as cases
 import torch
-from models import LinearNeurons, base_config
+from models import LinearNeurons, SmallConvNet, base_config
 
 from mei.config import resolve_config
 from mei.domain import Input, State
@@ -164,6 +164,42 @@ def test_a_custom_component_must_declare_that_it_acts_per_element():
     config = base_config(transform={"path": "test_engine_compat.UndeclaredDoubler"})
     [reason] = resolve_config(config).batch_blockers()
     assert "elementwise = True" in reason
+
+
+def test_a_compose_or_weighted_sum_acts_per_element_only_if_each_part_does():
+    compose = {"path": "mei.transforms.Compose", "kwargs": {"transforms": []}}
+    parts = [{"path": "test_engine_compat.Doubler"}]
+    config = base_config(transform=dict(compose, kwargs={"transforms": parts}))
+    assert resolve_config(config).batch_blockers() == []
+    parts.append({"path": "test_engine_compat.UndeclaredDoubler"})
+    config = base_config(transform=dict(compose, kwargs={"transforms": parts}))
+    [reason] = resolve_config(config).batch_blockers()
+    assert "holds test_engine_compat.UndeclaredDoubler" in reason
+
+
+def test_a_batch_coupling_part_of_a_weighted_sum_runs_each_mei_on_its_own():
+    """A penalty on the whole batch's norm (open-retina's range loss takes one over the batch)
+    inside a WeightedSum: batched runs must still equal single runs, so they run one by one."""
+    net = SmallConvNet(size=SHAPE[2:])
+    terms = [{"path": "test_engine_compat.BatchNormPenalty", "weight": 0.5}]
+    config = base_config(
+        regularization={
+            "path": "mei.regularization.WeightedSum",
+            "kwargs": {"regularizations": terms},
+        }
+    )
+    assert any("BatchNormPenalty" in r for r in resolve_config(config).batch_blockers())
+    batched = gradient_ascent_units(None, net, config, [1, 2], [0, 3], shape=SHAPE)
+    for (mei, score, _), unit, seed in zip(batched, [0, 3], [1, 2], strict=True):
+        single = gradient_ascent(None, ConstrainedOutputModel(net, unit), config, seed, shape=SHAPE)
+        assert torch.equal(mei, single[0]) and score == single[1]
+
+
+class BatchNormPenalty:
+    """One penalty for the whole batch, its norm: not the element's own."""
+
+    def __call__(self, x, i_iteration=None):
+        return 0.01 * x.norm() * torch.ones(len(x))
 
 
 class UndeclaredDoubler:
