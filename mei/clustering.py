@@ -24,7 +24,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from .config import MethodConfig, check_seed, resolve_config
+from .config import MethodConfig, check_seed, resolve_config, settings_entry
 from .errors import ConfigError, InputError, list_names, shorten
 from .methods import get_input_shape, prepared_model, run_batch, with_response
 from .modules import ClusterContrast
@@ -139,18 +139,7 @@ def mds_settings(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
     """``config`` split into its ``"mds"`` settings (checked, defaults filled in) and the
     rest, a method config as for :func:`~mei.methods.gradient_ascent`. Raises
     :class:`~mei.errors.ConfigError` naming the key."""
-    if not isinstance(config, Mapping):
-        raise ConfigError(f"a method config must be a dict, got {type(config).__name__}")
-    entry = config.get("mds") or {}
-    if not isinstance(entry, Mapping):
-        raise ConfigError(f"expected a dict of settings, got {shorten(entry)}", key="mds")
-    unknown = sorted(set(entry) - set(MDS_DEFAULTS), key=str)
-    if unknown:
-        raise ConfigError(
-            f"unknown setting(s) {list_names(unknown)}; allowed: {sorted(MDS_DEFAULTS)}",
-            key="mds",
-        )
-    settings = {**MDS_DEFAULTS, **entry}
+    settings = settings_entry(config, "mds", MDS_DEFAULTS)
     for name in ("n_clusters", "rounds"):
         value, least = settings[name], 2 if name == "n_clusters" else 1
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:

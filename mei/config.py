@@ -310,6 +310,24 @@ def _elementwise_classes() -> tuple[type, ...]:
     return tuple(resolve_path(p) for p in sorted(ELEMENTWISE_OPTIMIZERS))
 
 
+def settings_entry(config: Any, name: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``config[name]`` settings of a method that builds on the MEI config (``"mds"``,
+    ``"variants"``) with ``defaults`` filled in; their values are the caller's to check.
+    Raises :class:`~mei.errors.ConfigError` naming ``name`` for an entry that is not a dict or
+    has unknown settings."""
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"a method config must be a dict, got {type(config).__name__}")
+    entry = config.get(name) or {}
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"expected a dict of settings, got {shorten(entry)}", key=name)
+    unknown = sorted(set(entry) - set(defaults), key=str)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) {list_names(unknown)}; allowed: {sorted(defaults)}", key=name
+        )
+    return {**defaults, **entry}
+
+
 def parse_device(value: Any, *, check_exists: bool = True) -> torch.device:
     """The ``device`` entry as a ``torch.device``; with ``check_exists`` (the default) it must
     exist on this machine. Method rows are data: a lab adds a ``cuda`` row from a laptop."""

@@ -55,7 +55,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from .config import MethodConfig, check_seed, resolve_config
+from .config import MethodConfig, check_seed, resolve_config, settings_entry
 from .errors import ConfigError, InputError, ModelError, list_names, shorten
 from .methods import get_input_shape, prepared_model, run_batch
 from .modules import ConstrainedOutputModel
@@ -256,18 +256,7 @@ def variants_settings(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
     key: ``variants`` for a bad setting, or the method config's key it cannot take
     (``n_meis``: the number of images is ``n_variants``; ``mei_class_name``, ``inhibitory``,
     ``transparency``: other kinds of MEI)."""
-    if not isinstance(config, Mapping):
-        raise ConfigError(f"a method config must be a dict, got {type(config).__name__}")
-    entry = config.get("variants") or {}
-    if not isinstance(entry, Mapping):
-        raise ConfigError(f"expected a dict of settings, got {shorten(entry)}", key="variants")
-    unknown = sorted(set(entry) - set(VARIANTS_DEFAULTS), key=str)
-    if unknown:
-        raise ConfigError(
-            f"unknown setting(s) {list_names(unknown)}; allowed: {sorted(VARIANTS_DEFAULTS)}",
-            key="variants",
-        )
-    settings = {**VARIANTS_DEFAULTS, **entry}
+    settings = settings_entry(config, "variants", VARIANTS_DEFAULTS)
     n = settings["n_variants"]
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
         raise ConfigError(f"'n_variants' must be an integer >= 2, got {shorten(n)}", key="variants")

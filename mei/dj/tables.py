@@ -8,7 +8,7 @@ and get their few generation-specific type names from the :class:`~mei.dj.backen
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -520,6 +520,40 @@ class _ModelTableMixin(_Table):
         return backend().load_file(self & key if key is not None else self, "output")
 
 
+BATCHED_POPULATE_OPTIONS = (
+    "reserve_jobs",
+    "suppress_errors",
+    "max_calls",
+    "display_progress",
+    "order",
+)
+"""What ``populate(batch_size=...)`` takes besides restrictions (:func:`mei.dj.populate.populate`)."""
+
+
+def _plain_or_batched(
+    table: Any,
+    plain: Callable[..., Any],
+    restrictions: tuple[Any, ...],
+    batch_size: int | None,
+    kwargs: dict[str, Any],
+    *,
+    store: bool,
+) -> Any:
+    """DataJoint's ``populate`` (``plain``) without ``batch_size``, after the device check
+    (and, with ``store``, the store check); mei's batched populate with it, which checks both
+    itself."""
+    if batch_size is None:
+        with populate_session(table.connection, f"{type(table).__name__}.populate"):
+            _populate.check_devices(table, *restrictions)
+            if store:
+                check_store(table)
+            return plain(*restrictions, **kwargs)
+    unknown = sorted(set(kwargs) - set(BATCHED_POPULATE_OPTIONS))
+    if unknown:
+        raise TypeError(f"populate(batch_size=...) does not take {unknown}")
+    return _populate.populate(table, *restrictions, batch_size=batch_size, **kwargs)
+
+
 class MEITemplateMixin(_ModelTableMixin):
     """MEIs: one per method x trained (ensemble) model x selected unit x seed.
 
@@ -594,18 +628,8 @@ class MEITemplateMixin(_ModelTableMixin):
         # a second thread on this connection is refused before its first query
         with exclusive(self.connection, what):
             _say_why_nothing(self)
-            if batch_size is None:
-                with populate_session(self.connection, what):
-                    _populate.check_devices(self, *restrictions)
-                    check_store(self)
-                    return super().populate(*restrictions, **kwargs)  # type: ignore[misc]
-            unknown = sorted(
-                set(kwargs)
-                - {"reserve_jobs", "suppress_errors", "max_calls", "display_progress", "order"}
-            )
-            if unknown:
-                raise TypeError(f"populate(batch_size=...) does not take {unknown}")
-            return _populate.populate(self, *restrictions, batch_size=batch_size, **kwargs)
+            plain = super().populate  # type: ignore[misc]
+            return _plain_or_batched(self, plain, restrictions, batch_size, kwargs, store=True)
 
     def make_insert(self, key: Key, mei: Tensor, score: float, output: Any) -> None:
         """Store ``mei`` and ``output`` as files and insert the row, or neither."""
@@ -980,19 +1004,9 @@ class MEIValidationTemplateMixin(_ModelTableMixin):
         (:func:`mei.dj.populate.populate`: ``reserve_jobs``, ``suppress_errors``,
         ``max_calls``, ``display_progress`` and ``order`` are accepted). Keys whose method
         asks for a device this machine lacks are refused first."""
-        what = f"{type(self).__name__}.populate"
-        with exclusive(self.connection, what):
-            if batch_size is None:
-                with populate_session(self.connection, what):
-                    _populate.check_devices(self, *restrictions)
-                    return super().populate(*restrictions, **kwargs)  # type: ignore[misc]
-            unknown = sorted(
-                set(kwargs)
-                - {"reserve_jobs", "suppress_errors", "max_calls", "display_progress", "order"}
-            )
-            if unknown:
-                raise TypeError(f"populate(batch_size=...) does not take {unknown}")
-            return _populate.populate(self, *restrictions, batch_size=batch_size, **kwargs)
+        with exclusive(self.connection, f"{type(self).__name__}.populate"):
+            plain = super().populate  # type: ignore[misc]
+            return _plain_or_batched(self, plain, restrictions, batch_size, kwargs, store=False)
 
     def load_natural_indices(self, key: Mapping[str, Any] | None = None) -> list[int]:
         """The dataset indices of one row's best natural images, best first."""
