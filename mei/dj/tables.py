@@ -8,6 +8,7 @@ and get their few generation-specific type names from the :class:`~mei.dj.backen
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -520,6 +521,19 @@ class _ModelTableMixin(_Table):
         return backend().load_file(self & key if key is not None else self, "output")
 
 
+def _method_fns_condition(attribute: str, method_fns: Sequence[str], *, keep: bool) -> str:
+    """A restriction (SQL text, so that it binds to no connection: a table may be bound to
+    another connection than the method table's class) to the rows whose ``attribute`` is one
+    of ``method_fns`` (``keep``) or none of them."""
+    for fn in method_fns:
+        if not isinstance(fn, str) or not re.fullmatch(r"[A-Za-z_][\w.]*", fn):
+            raise ValueError(f"method_fns must be dotted paths, got {fn!r}")
+    if not method_fns:
+        return "1 = 0" if keep else "1 = 1"
+    listed = ", ".join(f"'{fn}'" for fn in method_fns)
+    return f"{attribute} {'IN' if keep else 'NOT IN'} ({listed})"
+
+
 BATCHED_POPULATE_OPTIONS = (
     "reserve_jobs",
     "suppress_errors",
@@ -591,8 +605,7 @@ class MEITemplateMixin(_ModelTableMixin):
         source = super().key_source  # type: ignore[misc]
         if not self.other_method_fns:
             return source
-        others = self.method_table() & [{"method_fn": fn} for fn in self.other_method_fns]
-        return source - others.proj()
+        return source & _method_fns_condition("method_fn", self.other_method_fns, keep=False)
 
     @run.builtin
     def make_fetch(self, key: Key) -> tuple[str, Any, int]:
@@ -783,8 +796,7 @@ class MDSTemplateMixin(_ModelTableMixin):
         source = super().key_source  # type: ignore[misc]
         if self.method_fns is None:
             return source
-        methods = self.method_table() & [{"method_fn": fn} for fn in self.method_fns]
-        return source & methods.proj()
+        return source & _method_fns_condition("method_fn", self.method_fns, keep=True)
 
     def make_fetch(self, key: Key) -> tuple[str, Any, int, list[Key]]:
         """The method, the seed and the set's neurons of ``key`` (fetched again before
@@ -1097,10 +1109,7 @@ class ExcitingVariantsTemplateMixin(_ModelTableMixin):
         source = super().key_source  # type: ignore[misc]
         if self.method_fns is None:
             return source
-        methods = self.method_table() & [{"method_fn": fn} for fn in self.method_fns]
-        return source & methods.proj(
-            variants_method_fn="method_fn", variants_method_hash="method_hash"
-        )
+        return source & _method_fns_condition("variants_method_fn", self.method_fns, keep=True)
 
     def methods_of(self, keys: Any) -> list[Key]:
         """The method rows (keys) that ``keys`` of this table use (for the device check)."""
