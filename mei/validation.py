@@ -170,6 +170,19 @@ class _Evaluating:
 
 
 # --------------------------------------------------------------------------- MEIs
+def _meis_and_units(meis: Tensor | Sequence[Tensor], units: Any) -> tuple[Tensor, list[int]]:
+    """``meis`` as one ``(U, C, ...)`` batch and ``units`` checked, one unit per MEI."""
+    batch = _stack_meis(meis)
+    chosen = _check_units(units)
+    if len(chosen) != len(batch):
+        raise InputError(
+            f"one unit per MEI: got {len(batch)} MEIs (meis of shape {tuple(batch.shape)}) and "
+            f"{len(chosen)} units",
+            argument="units",
+        )
+    return batch, chosen
+
+
 def score_meis(
     model: nn.Module,
     meis: Tensor | Sequence[Tensor],
@@ -189,14 +202,7 @@ def score_meis(
     differ or a unit is out of range, :class:`~mei.errors.ModelError` when the model does not
     return ``(B, N)``.
     """
-    batch = _stack_meis(meis)
-    chosen = _check_units(units)
-    if len(chosen) != len(batch):
-        raise InputError(
-            f"one unit per MEI: got {len(batch)} MEIs (meis of shape {tuple(batch.shape)}) and "
-            f"{len(chosen)} units",
-            argument="units",
-        )
+    batch, chosen = _meis_and_units(meis, units)
     step = len(batch) if batch_size is None else int(batch_size)
     if step < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size!r}", argument="batch_size")
@@ -505,14 +511,7 @@ def validate_meis(
     images) raises before any model reads the dataset.
     """
     named = _named(models)
-    batch = _stack_meis(meis)
-    chosen = _check_units(units)
-    if len(chosen) != len(batch):
-        raise InputError(
-            f"one unit per MEI: got {len(batch)} MEIs (meis of shape {tuple(batch.shape)}) and "
-            f"{len(chosen)} units",
-            argument="units",
-        )
+    batch, chosen = _meis_and_units(meis, units)
     k = _check_k(k)
     check_mei_shape(batch, dataloaders, tier=tier, data_key=data_key or _data_key(forward_kwargs))
     # every model scores the MEIs first: a unit out of range fails before the dataset is read
