@@ -26,7 +26,7 @@ stores the same numbers for the MEIs of a pipeline.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,7 @@ from torch.utils.data import (
 
 from .errors import InputError, ModelError, shorten
 from .modules import EnsembleModel
+from .progress import progress_bar
 from .typing import Dataloaders
 
 __all__ = [
@@ -350,6 +351,7 @@ def top_natural_images(
     data_key: str | None = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     device: Any = None,
+    progress: bool | None = None,
 ) -> NaturalImages:
     """The ``k`` most exciting images of the dataset for each of ``units`` (default: every
     output unit) of ``model``, from one pass over the loader of ``tier`` and ``data_key``.
@@ -360,7 +362,8 @@ def top_natural_images(
     the model's); only each unit's running top ``k`` is kept. Raises
     :class:`~mei.errors.InputError` naming the argument when the loaders yield no images,
     ``k`` is not a positive integer or a unit is out of range (checked on the first batch,
-    before the rest is read).
+    before the rest is read). ``progress``: a bar of the images read (default: on a terminal,
+    unless ``MEI_QUIET`` is set).
     """
     k = _check_k(k)
     kwargs = dict(forward_kwargs or {})
@@ -370,10 +373,15 @@ def top_natural_images(
     best_responses: Tensor | None = None
     best_indices: Tensor | None = None
     n_images = 0
-    with _Evaluating(model):
+    dataset = getattr(loader, "dataset", None)
+    total = len(dataset) if isinstance(dataset, Sized) else None
+    bar_settings = dict(total=total, desc="natural images", unit="image", leave=False)
+    with _Evaluating(model), progress_bar(enabled=progress, **bar_settings) as bar:
         for indices, images in _indexed_batches(loader, where):
             if len(images) == 0:
                 continue
+            if bar is not None:
+                bar.update(len(images))
             output = _responses(model(images.to(on), **kwargs), f"the images of {where}")
             if chosen is None:
                 chosen = list(range(output.shape[1]))

@@ -120,6 +120,16 @@ def test_each_units_best_natural_images_are_the_known_ones():
     assert natural.indices[0, 0] == 3
 
 
+def test_reading_the_dataset_shows_a_bar_of_the_images_read(capsys):
+    pixels = _pixels()
+    shown = top_natural_images(_pixel_model(), _loaders(pixels), k=3, progress=True)
+    bar = capsys.readouterr().err
+    assert "natural images" in bar and f"/{N_IMAGES} " in bar  # the dataset size as total
+    quiet = top_natural_images(_pixel_model(), _loaders(pixels), k=3, progress=False)
+    assert capsys.readouterr().err == ""
+    assert torch.equal(shown.indices, quiet.indices)
+
+
 def test_top_images_of_all_units_equal_each_unit_alone_and_ignore_loader_order():
     pixels = _pixels()
     model = _model(3)
